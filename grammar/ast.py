@@ -1,0 +1,304 @@
+"""Typed, frozen Dockerfile model, independent of lark's tree types.
+
+Words are stored UNEXPANDED, exactly as BuildKit's parser splits them (quotes and escapes kept);
+expansion happens later with :func:`pybuild.grammar.expand.expand_word`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Union
+
+__all__ = [
+    "SourceSpan", "ShellForm", "ExecForm", "Command", "Heredoc", "Instruction",
+    "From", "Run", "Cmd", "Entrypoint", "Env", "Arg", "Label", "Expose", "Workdir", "User",
+    "Copy", "Add", "StopSignal", "Volume", "Shell", "Maintainer", "Healthcheck", "Onbuild",
+    "Stage", "Dockerfile", "INSTRUCTION_CLASSES",
+]
+
+Flags = tuple[tuple[str, Union[str, None]], ...]
+
+
+@dataclass(frozen=True)
+class SourceSpan:
+    file: str
+    start_line: int
+    end_line: int
+    start_col: int = 1
+
+
+@dataclass(frozen=True)
+class ShellForm:
+    text: str
+
+
+@dataclass(frozen=True)
+class ExecForm:
+    args: tuple[str, ...]
+
+
+Command = Union[ShellForm, ExecForm]
+
+
+@dataclass(frozen=True)
+class Heredoc:
+    """A here-document attached to RUN/COPY/ADD.
+
+    ``content`` is the raw body (every line ends with ``\\n``; leading tabs NOT yet removed even
+    when ``chomp``); ``expand`` is False when the name was quoted (``<<'EOF'``/``<<"EOF"``).
+    """
+
+    name: str
+    content: str
+    expand: bool = True
+    chomp: bool = False
+    file_descriptor: int | None = None
+
+    @property
+    def chomped_content(self) -> str:
+        """Content with leading tabs removed from each line when ``<<-`` was used."""
+        if not self.chomp:
+            return self.content
+        return "".join(line.lstrip("\t") for line in self.content.splitlines(keepends=True))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Instruction:
+    keyword: ClassVar[str] = ""
+    span: SourceSpan
+    original: str
+    flags: Flags = ()
+
+    def flag(self, name: str) -> str | None:
+        """Value of the last ``--name=value`` flag (``None`` if absent or written without a value)."""
+        value = None
+        for key, val in self.flags:
+            if key == name:
+                value = val
+        return value
+
+    def flag_values(self, name: str) -> tuple[str | None, ...]:
+        return tuple(val for key, val in self.flags if key == name)
+
+    def has_flag(self, name: str) -> bool:
+        return any(key == name for key, _ in self.flags)
+
+
+@dataclass(frozen=True, kw_only=True)
+class From(Instruction):
+    keyword: ClassVar[str] = "FROM"
+    image: str
+    stage_name: str | None = None  # lower-cased, as BuildKit does
+    platform: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run(Instruction):
+    keyword: ClassVar[str] = "RUN"
+    command: Command
+    heredocs: tuple[Heredoc, ...] = ()
+
+    @property
+    def mounts(self) -> tuple[str, ...]:
+        return tuple(v for v in self.flag_values("mount") if v is not None)
+
+    @property
+    def network(self) -> str | None:
+        return self.flag("network")
+
+    @property
+    def security(self) -> str | None:
+        return self.flag("security")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cmd(Instruction):
+    keyword: ClassVar[str] = "CMD"
+    command: Command
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entrypoint(Instruction):
+    keyword: ClassVar[str] = "ENTRYPOINT"
+    command: Command
+
+
+@dataclass(frozen=True, kw_only=True)
+class Env(Instruction):
+    keyword: ClassVar[str] = "ENV"
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Arg(Instruction):
+    keyword: ClassVar[str] = "ARG"
+    pairs: tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Label(Instruction):
+    keyword: ClassVar[str] = "LABEL"
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expose(Instruction):
+    keyword: ClassVar[str] = "EXPOSE"
+    ports: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workdir(Instruction):
+    keyword: ClassVar[str] = "WORKDIR"
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class User(Instruction):
+    keyword: ClassVar[str] = "USER"
+    user: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class _CopyLike(Instruction):
+    sources: tuple[str, ...]
+    dest: str
+    heredocs: tuple[Heredoc, ...] = ()
+    json_form: bool = False
+
+    @property
+    def chown(self) -> str | None:
+        return self.flag("chown")
+
+    @property
+    def chmod(self) -> str | None:
+        return self.flag("chmod")
+
+    @property
+    def link(self) -> bool:
+        if not self.has_flag("link"):
+            return False
+        return (self.flag("link") or "true").lower() not in ("false", "0")
+
+    @property
+    def excludes(self) -> tuple[str, ...]:
+        return tuple(v for v in self.flag_values("exclude") if v is not None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Copy(_CopyLike):
+    keyword: ClassVar[str] = "COPY"
+
+    @property
+    def from_stage(self) -> str | None:
+        return self.flag("from")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Add(_CopyLike):
+    keyword: ClassVar[str] = "ADD"
+
+    @property
+    def checksum(self) -> str | None:
+        return self.flag("checksum")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StopSignal(Instruction):
+    keyword: ClassVar[str] = "STOPSIGNAL"
+    signal: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Volume(Instruction):
+    keyword: ClassVar[str] = "VOLUME"
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shell(Instruction):
+    keyword: ClassVar[str] = "SHELL"
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Maintainer(Instruction):
+    keyword: ClassVar[str] = "MAINTAINER"
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Healthcheck(Instruction):
+    """``HEALTHCHECK NONE`` has ``command=None``; timing options stay in ``flags`` (unparsed)."""
+
+    keyword: ClassVar[str] = "HEALTHCHECK"
+    command: Command | None
+
+    @property
+    def none(self) -> bool:
+        return self.command is None
+
+    @property
+    def interval(self) -> str | None:
+        return self.flag("interval")
+
+    @property
+    def timeout(self) -> str | None:
+        return self.flag("timeout")
+
+    @property
+    def start_period(self) -> str | None:
+        return self.flag("start-period")
+
+    @property
+    def start_interval(self) -> str | None:
+        return self.flag("start-interval")
+
+    @property
+    def retries(self) -> str | None:
+        return self.flag("retries")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Onbuild(Instruction):
+    keyword: ClassVar[str] = "ONBUILD"
+    instruction: Instruction
+
+
+INSTRUCTION_CLASSES: dict[str, type[Instruction]] = {
+    cls.keyword: cls
+    for cls in (From, Run, Cmd, Entrypoint, Env, Arg, Label, Expose, Workdir, User, Copy, Add,
+                StopSignal, Volume, Shell, Maintainer, Healthcheck, Onbuild)
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    name: str | None
+    base: From
+    instructions: tuple[Instruction, ...] = ()
+
+
+@dataclass(frozen=True)
+class Dockerfile:
+    """Parsed file.  ``directives`` maps lower-case directive names (``syntax``, ``escape``,
+    ``check``) to their values as written.  Note: holds a dict, so instances are not hashable."""
+
+    filename: str
+    directives: dict[str, str] = field(default_factory=dict)
+    global_args: tuple[Arg, ...] = ()
+    stages: tuple[Stage, ...] = ()
+
+    @property
+    def escape(self) -> str:
+        return self.directives.get("escape", "\\")
+
+    def stage(self, name_or_index: str | int) -> Stage:
+        if isinstance(name_or_index, int):
+            return self.stages[name_or_index]
+        key = name_or_index.lower()
+        for st in self.stages:
+            if st.name == key:
+                return st
+        raise KeyError(name_or_index)
