@@ -1,0 +1,572 @@
+"""Sandbox init: runs as ``python -I -S _init.py <tmpdir>`` (or ``-m pybuild.sandbox._init``).
+
+Stdlib only, so it can start without ``site`` and without importing the pybuild package.
+
+Process layout::
+
+    pybuild ── outer (this script, unshare()s, forwards signals) ── PID 1 (mounts, pivot_root,
+               reaper) ── command
+
+The outer process calls unshare(NEWNS|NEWPID|NEWUTS|NEWIPC[|NEWNET]) and forks: the child is
+PID 1 of the new PID namespace.  PID 1 builds the root file system inside the private mount
+namespace, pivots into it, forks the command and reaps everything; when the command exits it
+kills whatever is left in the namespace and exits with the command's status.
+
+Communication with pybuild goes through one pipe (``ctl_fd`` in the config), one JSON object
+per line: ``{"stubs": [...]}`` (mount points created in the rootfs, to remove afterwards),
+``{"error": "..."}`` (sandbox setup failure), ``{"exit": code, "signal": n|null}``.
+
+Signals: the outer process forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT to PID 1, which forwards them
+to the command.  SIGUSR1 sent to the outer process means *abort*: SIGKILL PID 1 (the kernel then
+kills the whole PID namespace).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import platform
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import warnings  # noqa: F401 - os.execvpe imports it lazily, after pivot_root it is gone
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+ABORT_SIGNAL = signal.SIGUSR1
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class SetupError(Exception):
+    """A sandbox setup step failed; reported to pybuild as SandboxError."""
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(e)}")
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
+           f"mount {fstype or ''} {source or ''} on {target} (flags {flags:#x})")
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    if nr is None:
+        raise SetupError(f"pivot_root: unsupported architecture {platform.machine()}")
+    _libc.syscall.restype = ctypes.c_long
+    _check(_libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)), "pivot_root")
+
+
+def set_pdeathsig(sig: int) -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+class Ctl:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def send(self, **msg) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        try:
+            os.write(self.fd, data)  # < PIPE_BUF for all our messages: atomic
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# path resolution inside the rootfs (before pivot_root, symlinks must not lead outside it)
+
+def resolve_in_root(root: str, path: str) -> str:
+    """Resolve ``path`` as if ``root`` were ``/``: symlinks and ``..`` never leave ``root``.
+
+    The final components may not exist.  Returns a host path under ``root``.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    cur: list[str] = []
+    links = 0
+    while parts:
+        p = parts.pop(0)
+        if p == "..":
+            if cur:
+                cur.pop()
+            continue
+        full = os.path.join(root, *cur, p)
+        try:
+            st = os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            cur.append(p)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 40:
+                raise SetupError(f"{path}: too many levels of symbolic links")
+            target = os.readlink(full)
+            if target.startswith("/"):
+                cur = []
+            parts = [t for t in target.split("/") if t not in ("", ".")] + parts
+            continue
+        cur.append(p)
+    return os.path.join(root, *cur)
+
+
+def ensure_mountpoint(root: str, path: str, is_dir: bool, stubs: list[str]) -> str | None:
+    """Resolve ``path`` in ``root`` and create it (and missing parents) if needed.
+
+    Every created entry is appended to ``stubs`` (relative to root) so pybuild can remove it
+    from the upper dir afterwards.  Returns the host path, or None when an existing entry of
+    the wrong type is in the way.
+    """
+    target = resolve_in_root(root, path)
+    rel = os.path.relpath(target, root)
+    comps = [] if rel == "." else rel.split("/")
+    cur = root
+    for i, c in enumerate(comps):
+        cur = os.path.join(cur, c)
+        last = i == len(comps) - 1
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            if last and not is_dir:
+                fd = os.open(cur, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                os.close(fd)
+            else:
+                os.mkdir(cur, 0o755)
+            stubs.append("/".join(comps[: i + 1]))
+            continue
+        if last:
+            if is_dir != stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                return None
+            if not is_dir and not stat.S_ISREG(st.st_mode):
+                return None
+        elif not stat.S_ISDIR(st.st_mode):
+            return None
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# root file system
+
+DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+             ("urandom", 1, 9), ("tty", 5, 0))
+
+# Docker's default masked / read-only paths.
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware", "/sys/devices/virtual/powercap")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+def mount_overlay(cfg: dict, root: str) -> None:
+    tmp = cfg["tmp"]
+    lowers = list(cfg["lowerdirs"]) or [os.path.join(tmp, "empty")]
+    upper, work = cfg["upperdir"], cfg["workdir"]
+    if upper is None:
+        # Read-only rootfs: a throw-away tmpfs upper so mount points can be created, then the
+        # root mount is made read-only.
+        rw = os.path.join(tmp, "rw")
+        mount("tmpfs", rw, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+        upper, work = os.path.join(rw, "upper"), os.path.join(rw, "work")
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+    paths = lowers + [upper, work]
+    data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+    if len(data) > 4000:
+        # The mount data is limited to one page: use paths relative to a common parent.
+        base = os.path.commonpath(paths)
+        os.chdir(base)
+        rel = [os.path.relpath(p, base) for p in paths]
+        data = f"lowerdir={':'.join(rel[:-2])},upperdir={rel[-2]},workdir={rel[-1]}"
+    # The upper dir becomes a layer tar as it is: renamed directories must be copied up whole and
+    # metadata changes must copy the data too, whatever the kernel's defaults are.
+    mount("overlay", root, "overlay", 0, data + ",redirect_dir=off,metacopy=off,index=off")
+    os.chdir("/")
+
+
+def mount_proc_sys_dev(cfg: dict, root: str, stubs: list[str]) -> None:
+    proc = ensure_mountpoint(root, "/proc", True, stubs)
+    if proc is None:
+        raise SetupError("/proc in the image is not a directory")
+    mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    dev = ensure_mountpoint(root, "/dev", True, stubs)
+    if dev is None:
+        raise SetupError("/dev in the image is not a directory")
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
+    for name, major, minor in DEV_NODES:
+        p = os.path.join(dev, name)
+        try:
+            os.mknod(p, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(p, 0o666)
+        except OSError:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            os.close(fd)
+            mount("/dev/" + name, p, None, MS_BIND)
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+          "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+          "mode=1777,size=65536k")
+    os.mkdir(os.path.join(dev, "mqueue"), 0o755)
+    mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("core", "/proc/kcore")):
+        os.symlink(target, os.path.join(dev, name))
+
+    sysdir = ensure_mountpoint(root, "/sys", True, stubs)
+    if sysdir is None:
+        raise SetupError("/sys in the image is not a directory")
+    ro = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if cfg["network"] == "none":
+        mount("sysfs", sysdir, "sysfs", ro)
+    else:
+        # sysfs shows the net namespace of the mounter; share the host's, read-only.
+        mount("/sys", sysdir, None, MS_BIND)
+        mount(None, sysdir, None, MS_REMOUNT | MS_BIND | ro)
+
+
+def mask_paths(root: str) -> None:
+    """Hide kernel interfaces a build has no business with (Docker's default list)."""
+    null = os.path.join(root, "dev/null")
+    for p in MASKED_PATHS:
+        target = os.path.join(root, p.lstrip("/"))
+        try:
+            st = os.lstat(target)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        elif not stat.S_ISLNK(st.st_mode):
+            mount(null, target, None, MS_BIND)
+    for p in READONLY_PATHS:
+        target = os.path.join(root, p.lstrip("/"))
+        if not os.path.lexists(target) or os.path.islink(target):
+            continue
+        mount(target, target, None, MS_BIND | MS_REC)
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def mount_etc_files(cfg: dict, root: str, stubs: list[str]) -> None:
+    for name in ("hosts", "resolv.conf", "hostname"):
+        target = ensure_mountpoint(root, "/etc/" + name, False, stubs)
+        if target is None:
+            continue  # e.g. a directory is in the way: leave the image alone
+        mount(os.path.join(cfg["tmp"], "etc", name), target, None, MS_BIND)
+
+
+def loopback_up() -> None:
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifr))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
+
+
+# ---------------------------------------------------------------------------------------------
+# users (read from the rootfs after pivot_root)
+
+def _read_db(path: str) -> list[list[str]]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(16 << 20)
+    finally:
+        os.close(fd)
+    rows = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rows.append(line.split(":"))
+    return rows
+
+
+def resolve_user(spec: str | None) -> tuple[int, int, list[int], str]:
+    """Return (uid, gid, supplementary gids, home) like runc's GetExecUser."""
+    if not spec:
+        spec = "0"
+    user, sep, group = spec.partition(":")
+    if sep and not group:
+        raise SetupError(f"invalid user {spec!r}")
+    passwd = [r for r in _read_db("/etc/passwd") if len(r) >= 7]
+    entry = None
+    if user.isdigit():
+        uid = int(user)
+        entry = next((r for r in passwd if r[2] == user), None)
+    else:
+        if not user:
+            raise SetupError(f"invalid user {spec!r}")
+        entry = next((r for r in passwd if r[0] == user), None)
+        if entry is None:
+            raise SetupError(f"unable to find user {user}: no matching entries in passwd file")
+        uid = int(entry[2])
+    gid = int(entry[3]) if entry else 0
+    home = entry[5] if entry and entry[5] else "/"
+    groups = [r for r in _read_db("/etc/group") if len(r) >= 3]
+    sgids: list[int] = []
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            g = next((r for r in groups if r[0] == group), None)
+            if g is None:
+                raise SetupError(f"unable to find group {group}: no matching entries in group file")
+            gid = int(g[2])
+    elif entry is not None:
+        name = entry[0]
+        for r in groups:
+            members = r[3].split(",") if len(r) > 3 else []
+            if name in members and r[2].isdigit() and int(r[2]) not in sgids:
+                sgids.append(int(r[2]))
+    return uid, gid, sgids, home
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+def exec_command(cfg: dict, ctl: Ctl, uid: int, gid: int, sgids: list[int], env: dict[str, str]) -> None:
+    """In the forked child of PID 1: drop to the user, chdir, exec.  Never returns."""
+    try:
+        for sig in range(1, signal.NSIG):
+            if sig in (signal.SIGKILL, signal.SIGSTOP):
+                continue
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.setsid()
+        os.setgroups(sgids)
+        os.setgid(gid)
+        os.setuid(uid)
+        try:
+            os.chdir(cfg["cwd"])
+        except OSError as e:
+            raise SetupError(f"chdir to cwd {cfg['cwd']!r}: {e.strerror}")
+    except SetupError as e:
+        ctl.send(error=str(e))
+        os._exit(125)
+    except OSError as e:
+        ctl.send(error=f"setting up user {cfg['user']!r}: {e}")
+        os._exit(125)
+    args = cfg["args"]
+    path = env.get("PATH", DEFAULT_PATH)
+    try:
+        os.execvpe(args[0], args, dict(env, PATH=path) if "PATH" not in env else env)
+    except BaseException as e:  # noqa: BLE001 - must never return into PID 1's code
+        err = getattr(e, "errno", None)
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            if "/" in args[0]:
+                msg, code = f'pybuild: exec: "{args[0]}": stat {args[0]}: no such file or directory', 127
+            else:
+                msg, code = f'pybuild: exec: "{args[0]}": executable file not found in $PATH', 127
+        elif err in (errno.EACCES, errno.EPERM, errno.EISDIR):
+            msg, code = f'pybuild: exec: "{args[0]}": permission denied', 126
+        elif err == errno.ENOEXEC:
+            msg, code = f'pybuild: exec: "{args[0]}": exec format error', 126
+        else:
+            msg, code = f'pybuild: exec: "{args[0]}": {e}', 126
+        try:
+            os.write(2, (msg + "\n").encode())
+        finally:
+            os._exit(code)
+
+
+def pid1(cfg: dict, ctl: Ctl) -> int:
+    """PID 1 of the new PID namespace.  Returns the exit code."""
+    root = os.path.join(cfg["tmp"], "root")
+    stubs: list[str] = []
+    try:
+        # 1. mounts (private mount namespace; nothing propagates to the host)
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        mount_overlay(cfg, root)
+        mount_proc_sys_dev(cfg, root, stubs)
+        mount_etc_files(cfg, root, stubs)
+        ctl.send(stubs=stubs)
+        mask_paths(root)
+        if cfg["upperdir"] is None:
+            mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        # 2. UTS + network
+        socket.sethostname(cfg["hostname"])
+        if cfg["network"] == "none":
+            loopback_up()
+        # 3. pivot_root(".", ".") stacks the old root on the new one; detach it.
+        os.chdir(root)
+        pivot_root(".", ".")
+        umount2(".", MNT_DETACH)
+        os.chdir("/")
+        # 4. no fd of pybuild's may reach the command (CVE-2024-21626), before any chdir(cwd)
+        os.closerange(3, ctl.fd)
+        os.closerange(ctl.fd + 1, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
+        # 5. user and working directory (created as root, from inside the new root)
+        uid, gid, sgids, home = resolve_user(cfg["user"])
+        cwd = cfg["cwd"]
+        try:
+            os.makedirs(cwd, 0o755, exist_ok=True)
+        except OSError as e:
+            raise SetupError(f"creating cwd {cwd!r}: {e.strerror}")
+    except SetupError as e:
+        ctl.send(error=str(e))
+        return 125
+    except OSError as e:
+        ctl.send(error=f"sandbox setup: {e}")
+        return 125
+    env = dict(cfg["env"])
+    env.setdefault("HOME", home)
+
+    # 6. fork the command, forward signals, reap everything
+    main = os.fork()
+    if main == 0:
+        exec_command(cfg, ctl, uid, gid, sgids, env)
+    main_fd = os.pidfd_open(main)
+
+    def forward(sig, _frame):
+        try:
+            signal.pidfd_send_signal(main_fd, sig)
+        except OSError:
+            pass
+
+    for sig in FORWARDED_SIGNALS + (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
+
+    status = None
+    while True:
+        if status is not None:
+            try:
+                os.kill(-1, signal.SIGKILL)  # everything left in the namespace
+            except ProcessLookupError:
+                pass
+        try:
+            pid, st = os.wait()
+        except ChildProcessError:
+            break
+        if pid == main:
+            status = st
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        ctl.send(exit=128 + sig, signal=sig)
+        return 128 + sig
+    code = os.WEXITSTATUS(status)
+    ctl.send(exit=code, signal=None)
+    return code
+
+
+def outer(cfg: dict, ctl: Ctl) -> int:
+    child_fd = None
+    pending: list[int] = []
+
+    def handler(sig, _frame):
+        if child_fd is None:
+            pending.append(sig)
+            return
+        try:
+            signal.pidfd_send_signal(child_fd, signal.SIGKILL if sig == ABORT_SIGNAL else sig)
+        except OSError:
+            pass
+
+    for sig in FORWARDED_SIGNALS + (ABORT_SIGNAL,):
+        signal.signal(sig, handler)
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != cfg["parent_pid"]:
+        return 137  # pybuild already gone
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+    if cfg["network"] == "none":
+        flags |= CLONE_NEWNET
+    try:
+        unshare(flags)
+    except SetupError as e:
+        ctl.send(error=str(e))
+        return 125
+    if ABORT_SIGNAL in pending:
+        return 137
+    me = os.pidfd_open(os.getpid())
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for sig in FORWARDED_SIGNALS + (ABORT_SIGNAL,):
+                signal.signal(sig, signal.SIG_DFL)
+            set_pdeathsig(signal.SIGKILL)
+            # getppid() is 0 here (the parent is outside the PID namespace): ask its pidfd
+            # whether it already exited before PDEATHSIG was armed.
+            if select.select([me], [], [], 0)[0]:
+                os._exit(137)
+            os.close(me)
+            code = pid1(cfg, ctl)
+        except BaseException as e:  # noqa: BLE001
+            ctl.send(error=f"sandbox init: {e!r}")
+            code = 125
+        os._exit(code)
+    os.close(me)
+    child_fd = os.pidfd_open(pid)
+    for sig in pending:
+        handler(sig, None)
+    _, st = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(st):
+        return 128 + os.WTERMSIG(st)
+    return os.WEXITSTATUS(st)
+
+
+def main(argv: list[str]) -> int:
+    tmp = argv[1]
+    with open(os.path.join(tmp, "config.json"), "rb") as f:
+        cfg = json.load(f)
+    cfg["tmp"] = tmp
+    os.set_inheritable(cfg["ctl_fd"], False)
+    return outer(cfg, Ctl(cfg["ctl_fd"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,386 @@
+"""Run one process in a namespace sandbox on an overlay rootfs.
+
+See ``_init.py`` for what happens inside.  This side writes the config into a private temp
+dir, starts the init process, forwards SIGINT/SIGTERM while waiting, and afterwards removes
+the mount-point stubs the init had to create in the upper dir and the temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _init
+
+__all__ = ["ProcessSpec", "RootfsSpec", "ExitStatus", "SandboxError", "run", "abort_all"]
+
+_INIT_SCRIPT = str(Path(_init.__file__).resolve())
+
+# Entries of the upper dir that may be turned into mount-point stubs; checked before the run so
+# a whiteout that was there can be put back after the stub is removed.
+_STUB_CANDIDATES = ("proc", "dev", "sys", "etc", "etc/hosts", "etc/resolv.conf", "etc/hostname")
+
+
+@dataclass
+class ProcessSpec:
+    args: list[str]
+    env: dict[str, str]
+    cwd: str = "/"
+    user: str | None = None
+    hostname: str = "pybuild"
+    network: str = "none"
+
+
+@dataclass
+class RootfsSpec:
+    lowerdirs: list[Path]
+    upperdir: Path | None
+    workdir: Path | None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int
+    signal: int | None = None
+
+
+class SandboxError(Exception):
+    """The sandbox could not be set up (mount failed, unknown user, ...)."""
+
+
+@dataclass(eq=False)
+class _Active:
+    proc: subprocess.Popen
+    pidfd: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+    def signal(self, sig: int) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.pidfd)
+
+
+_active: set[_Active] = set()
+_active_lock = threading.Lock()
+
+
+def abort_all() -> None:
+    """Kill every sandbox started by ``run`` in this process (e.g. from a Ctrl-C handler).
+
+    The ``run`` calls return ExitStatus(137, SIGKILL) once their process trees are gone.
+    """
+    with _active_lock:
+        active = list(_active)
+    for a in active:
+        a.signal(_init.ABORT_SIGNAL)
+
+
+def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
+    if not spec.args or not spec.args[0]:
+        raise SandboxError("empty command")
+    if spec.network not in ("none", "host"):
+        raise SandboxError(f"unknown network mode {spec.network!r}")
+    if (rootfs.upperdir is None) != (rootfs.workdir is None):
+        raise SandboxError("upperdir and workdir must be given together")
+    for p in list(rootfs.lowerdirs) + [rootfs.upperdir, rootfs.workdir]:
+        if p is None:
+            continue
+        s = str(p)
+        if not os.path.isabs(s):
+            raise SandboxError(f"overlay dir {s!r} is not absolute")
+        if any(c in s for c in ",:\\\n"):
+            raise SandboxError(f"overlay dir {s!r} contains a character overlayfs cannot take")
+        if not os.path.isdir(s):
+            raise SandboxError(f"overlay dir {s!r} does not exist")
+    for k in spec.env:
+        if not k or "=" in k or "\0" in k:
+            raise SandboxError(f"invalid environment variable name {k!r}")
+    if not spec.hostname or len(spec.hostname) > 64:
+        raise SandboxError(f"invalid hostname {spec.hostname!r}")
+
+
+def _write_etc(tmp: str, spec: ProcessSpec) -> None:
+    etc = os.path.join(tmp, "etc")
+    os.mkdir(etc)
+    with open(os.path.join(etc, "hosts"), "w") as f:
+        f.write(f"127.0.0.1\tlocalhost {spec.hostname}\n"
+                "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    try:
+        with open("/etc/resolv.conf") as f:
+            resolv = f.read()
+    except OSError:
+        resolv = ""
+    with open(os.path.join(etc, "resolv.conf"), "w") as f:
+        f.write(resolv)
+    with open(os.path.join(etc, "hostname"), "w") as f:
+        f.write(spec.hostname + "\n")
+    for name in ("hosts", "resolv.conf", "hostname"):
+        os.chmod(os.path.join(etc, name), 0o644)
+
+
+def _lstat_rel(base: str, rel: str) -> os.stat_result | None:
+    """lstat ``base/rel`` without following any symlink on the way (None if absent)."""
+    comps = rel.split("/")
+    try:
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for c in comps[:-1]:
+            nfd = os.open(c, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.stat(comps[-1], dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _is_whiteout(st: os.stat_result | None) -> bool:
+    return st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _remove_stubs(upper: str, stubs: list[str], before: dict[str, os.stat_result | None],
+                  lowerdirs: list[str]) -> None:
+    """Remove mount-point stubs (empty files / empty dirs) the init created in ``upper``.
+
+    Walks with O_NOFOLLOW from ``upper`` so a symlink planted by the command cannot redirect
+    the removal to the host.  A whiteout that was at the path before the run is restored, and
+    a parent dir that was only copied up because of a stub (same mode/owner as in the lower
+    layer, now empty) is removed too.
+    """
+    parents: set[str] = set()
+    for rel in sorted(set(stubs), key=lambda r: r.count("/"), reverse=True):
+        _remove_one(upper, rel, before.get(rel))
+        if "/" in rel:
+            parents.add(rel.rsplit("/", 1)[0])
+    for rel in sorted(parents, key=lambda r: r.count("/"), reverse=True):
+        if rel in stubs or rel not in before or before[rel] is not None:
+            continue  # a stub itself (already handled), unknown, or in the upper dir before
+        st = _lstat_rel(upper, rel)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            continue
+        lower = next((s for s in (_lstat_rel(d, rel) for d in lowerdirs) if s is not None), None)
+        if lower is None or not stat.S_ISDIR(lower.st_mode):
+            continue
+        if (st.st_mode, st.st_uid, st.st_gid) != (lower.st_mode, lower.st_uid, lower.st_gid):
+            continue
+        _remove_one(upper, rel, None, only_if_plain_dir=True)
+
+
+def _remove_one(upper: str, rel: str, was: os.stat_result | None, only_if_plain_dir: bool = False) -> None:
+    comps = rel.split("/")
+    try:
+        fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for c in comps[:-1]:
+            nfd = os.open(c, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        name = comps[-1]
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0 and not only_if_plain_dir:
+            os.unlink(name, dir_fd=fd)
+        elif stat.S_ISDIR(st.st_mode):
+            if only_if_plain_dir:
+                try:
+                    if os.getxattr(name, "trusted.overlay.opaque", follow_symlinks=False) == b"y":
+                        return
+                except OSError:
+                    pass
+                dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    if os.listdir(dfd):
+                        return
+                finally:
+                    os.close(dfd)
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError:
+                return  # not empty: the command put something there, it is part of the result
+        else:
+            return
+        if _is_whiteout(was):
+            os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_TMP_PREFIX = "pybuild-sandbox-"
+
+
+def _sweep_stale_tmp() -> None:
+    """Remove temp dirs of runs whose pybuild process died (e.g. SIGKILL) before cleaning up.
+
+    Their mounts lived in a namespace that died with them, so only plain files remain.
+    """
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_TMP_PREFIX):
+            continue
+        pid = name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _read_ctl(fd: int) -> list[dict]:
+    chunks = []
+    while True:
+        try:
+            b = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    msgs = []
+    for line in b"".join(chunks).splitlines():
+        try:
+            msgs.append(json.loads(line))
+        except ValueError:
+            continue
+    return msgs
+
+
+def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
+        stdout: int | None = None, stderr: int | None = None) -> ExitStatus:
+    """Run ``spec`` in a new sandbox on ``rootfs``; block until its whole process tree is gone.
+
+    SIGINT/SIGTERM arriving while this waits (when called from the main thread) are forwarded
+    to the command and ``run`` returns its status; a second SIGINT raises KeyboardInterrupt,
+    after the sandbox has been killed.  Raises SandboxError when the sandbox cannot be set up.
+    """
+    _validate(spec, rootfs)
+    lowerdirs = [str(p) for p in rootfs.lowerdirs]
+    upper = None if rootfs.upperdir is None else str(rootfs.upperdir)
+    work = None if rootfs.workdir is None else str(rootfs.workdir)
+    before = {rel: _lstat_rel(upper, rel) for rel in _STUB_CANDIDATES} if upper else {}
+
+    _sweep_stale_tmp()
+    tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+    ctl_r = ctl_w = -1
+    active: _Active | None = None
+    proc: subprocess.Popen | None = None
+    try:
+        for d in ("root", "empty", "rw"):
+            os.mkdir(os.path.join(tmp, d), 0o755)
+        _write_etc(tmp, spec)
+        ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.set_blocking(ctl_w, True)
+        cwd = spec.cwd if spec.cwd.startswith("/") else "/" + spec.cwd
+        cfg = {
+            "args": list(spec.args), "env": dict(spec.env), "cwd": cwd, "user": spec.user,
+            "hostname": spec.hostname, "network": spec.network,
+            "lowerdirs": lowerdirs, "upperdir": upper, "workdir": work,
+            "ctl_fd": ctl_w, "parent_pid": os.getpid(),
+        }
+        cfg_path = os.path.join(tmp, "config.json")
+        fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cfg, f)
+
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-B", _INIT_SCRIPT, tmp],
+            stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=(ctl_w,),
+            close_fds=True, start_new_session=False, process_group=0, env={},
+        )
+        os.close(ctl_w)
+        ctl_w = -1
+        active = _Active(proc, os.pidfd_open(proc.pid))
+        with _active_lock:
+            _active.add(active)
+        code = _wait(active)
+    except BaseException:
+        if active is not None:
+            _kill_and_reap(active)
+        elif proc is not None:  # interrupted before the pidfd existed: PDEATHSIG does the rest
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        msgs = _read_ctl(ctl_r) if ctl_r >= 0 and active is not None else []
+        if active is not None:
+            active.close()
+            with _active_lock:
+                _active.discard(active)
+        for fd in (ctl_r, ctl_w):
+            if fd >= 0:
+                os.close(fd)
+        if active is not None and upper:
+            stubs = [s for m in msgs for s in m.get("stubs", [])]
+            _remove_stubs(upper, stubs, before, lowerdirs)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    errors = [m["error"] for m in msgs if "error" in m]
+    if errors:
+        raise SandboxError("; ".join(errors))
+    for m in msgs:
+        if "exit" in m:
+            return ExitStatus(int(m["exit"]), m.get("signal"))
+    if code < 0:
+        return ExitStatus(128 - code, -code)
+    if code >= 128:
+        return ExitStatus(code, code - 128)
+    return ExitStatus(code, None)
+
+
+def _wait(active: _Active) -> int:
+    """Wait for the init; forward SIGINT/SIGTERM to it meanwhile (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return active.proc.wait()
+    seen: list[int] = []
+
+    def handler(sig, _frame):
+        if sig == signal.SIGINT and signal.SIGINT in seen:
+            raise KeyboardInterrupt
+        seen.append(sig)
+        active.signal(sig)
+
+    old = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+        return active.proc.wait()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _kill_and_reap(active: _Active) -> None:
+    """Abort the sandbox and wait until the init (and so the whole PID namespace) is gone."""
+    active.signal(_init.ABORT_SIGNAL)
+    try:
+        active.proc.wait(timeout=10)
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C must not leave processes behind
+        active.signal(signal.SIGKILL)
+        active.proc.wait()
