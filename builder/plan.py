@@ -1,0 +1,150 @@
+"""Build planning: which stages to build, in which order, from which bases. Pure, no I/O.
+
+The plan is a DAG of stages. A stage depends on another when its FROM names it
+or when one of its `COPY --from=` names it (by name or index). Stages that the
+target does not reach are skipped, as BuildKit does.
+
+Pre-FROM ARGs ("global args") are visible in FROM lines only; a stage sees an
+ARG once it declares it (taking the global value as default when it redeclares
+one without a value). `--build-arg` overrides both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from pybuild.errors import BuildError
+from pybuild.grammar import ast, expand_word
+
+# BuildKit predefines these without an ARG line (they still need `ARG NAME` inside a stage).
+PREDEFINED_ARGS = {
+    "TARGETPLATFORM": "linux/amd64",
+    "TARGETOS": "linux",
+    "TARGETARCH": "amd64",
+    "TARGETVARIANT": "",
+    "BUILDPLATFORM": "linux/amd64",
+    "BUILDOS": "linux",
+    "BUILDARCH": "amd64",
+    "BUILDVARIANT": "",
+}
+PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+              "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage to build. `base_stage` is set when FROM names an earlier stage; else `base_image`."""
+
+    stage: ast.Stage
+    label: str                      # the stage name, or its index as a string
+    base_image: str | None          # expanded FROM image ("scratch" included); None when base_stage is set
+    base_stage: int | None
+    copy_from: tuple[int, ...]      # indices of stages that COPY --from reads
+    global_args: Mapping[str, str]  # expanded global ARG values, the defaults for redeclared ARGs
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    stages: tuple[StagePlan, ...]   # topological order, only those the target needs
+    target: int                     # index of the stage whose result is the image
+    unused_build_args: tuple[str, ...] = field(default=())
+    total_stages: int = 0
+
+
+def location(node: ast.Instruction) -> str:
+    return f"{node.span.file}:{node.span.start_line}"
+
+
+def _stage_index(ref: str, stages: tuple[ast.Stage, ...], before: int) -> int | None:
+    """Index of the stage named (or numbered) `ref` among stages[:before], or None."""
+    lowered = ref.lower()
+    for s in stages[:before]:
+        if s.name is not None and s.name.lower() == lowered:
+            return s.index
+    if ref.isdigit() and int(ref) < before:
+        return int(ref)
+    return None
+
+
+def expand_global_args(dockerfile: ast.Dockerfile, build_args: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = dict(PREDEFINED_ARGS)
+    for arg in dockerfile.global_args:
+        for name, default in arg.pairs:
+            if name in build_args:
+                values[name] = build_args[name]
+            elif default is not None:
+                values[name] = _expand(default, values, arg)
+            else:
+                values.setdefault(name, "")
+    return values
+
+
+def _expand(word: str, env: Mapping[str, str], node: ast.Instruction) -> str:
+    try:
+        return expand_word(word, env)
+    except ValueError as exc:
+        raise BuildError(str(exc), location(node)) from None
+
+
+def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str | None = None) -> BuildPlan:
+    stages = dockerfile.stages
+    if not stages:
+        raise BuildError("no build stage in Dockerfile (it needs a FROM line)", dockerfile.filename)
+    global_args = expand_global_args(dockerfile, build_args)
+
+    plans: list[StagePlan] = []
+    for stage in stages:
+        image = _expand(stage.base.image, global_args, stage.base)
+        if not image:
+            raise BuildError("FROM names an empty image (an unset ARG?)", location(stage.base))
+        base_stage = _stage_index(image, stages, stage.index)
+        if base_stage is None and stage.name is not None and image.lower() == stage.name.lower():
+            raise BuildError(f"stage {stage.name!r} uses itself as its base", location(stage.base))
+        copy_from: list[int] = []
+        for ins in stage.instructions:
+            if isinstance(ins, (ast.Copy, ast.Add)) and ins.from_stage:
+                src = ins.from_stage
+                idx = _stage_index(src, stages, stage.index)
+                if idx is None and any((s.name or "").lower() == src.lower() for s in stages[stage.index:]):
+                    raise BuildError(f"COPY --from={src} names a stage that is not defined before this one",
+                                     location(ins))
+                if idx is not None:
+                    copy_from.append(idx)
+        plans.append(StagePlan(stage=stage, label=stage.name or str(stage.index),
+                               base_image=None if base_stage is not None else image,
+                               base_stage=base_stage, copy_from=tuple(copy_from),
+                               global_args=global_args))
+
+    if target is None:
+        target_index = len(stages) - 1
+    else:
+        found = _stage_index(target, stages, len(stages))
+        if found is None:
+            names = ", ".join(s.name for s in stages if s.name) or "none"
+            raise BuildError(f"target stage {target!r} not found (stages: {names})", "--target")
+        target_index = found
+
+    needed: set[int] = set()
+
+    def visit(i: int) -> None:
+        if i in needed:
+            return
+        needed.add(i)
+        p = plans[i]
+        if p.base_stage is not None:
+            visit(p.base_stage)
+        for j in p.copy_from:
+            visit(j)
+
+    visit(target_index)
+    ordered = tuple(p for p in plans if p.stage.index in needed)  # earlier stages only depend on earlier ones
+
+    consumed = {name for arg in dockerfile.global_args for name, _ in arg.pairs}
+    for p in ordered:
+        for ins in p.stage.instructions:
+            if isinstance(ins, ast.Arg):
+                consumed.update(name for name, _ in ins.pairs)
+    unused = tuple(sorted(k for k in build_args if k not in consumed and k not in PREDEFINED_ARGS
+                          and k not in PROXY_ARGS))
+    return BuildPlan(stages=ordered, target=target_index, unused_build_args=unused, total_stages=len(stages))

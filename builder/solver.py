@@ -1,0 +1,518 @@
+"""The build engine: runs a BuildPlan, stage by stage, step by step, through the cache.
+
+Stages run in parallel threads (a stage waits only for the stages it reads);
+steps within a stage run in order. For each filesystem step (RUN, COPY,
+WORKDIR) the engine derives a cache key from the parent key and the step's
+expanded definition (`builder.keys`), and either reuses the recorded layer
+(CACHED) or executes the step:
+
+  RUN      sandbox.run() on an overlay of the stage's snapshots; the upper dir is the diff
+  COPY     files written into a fresh dir (no sandbox), read through a LayeredView
+  WORKDIR  a directory created when the image lacks it
+
+and turns the resulting directory into a layer (`cache.layers.write_layer`),
+keeps the directory as the layer's snapshot, and records the key in the cache
+index. Metadata instructions (ENV, LABEL, CMD, ...) only change the config.
+
+Cleanup: every work dir a step creates is removed by that step, on success,
+failure or interruption; sandbox.run() owns its namespaces and mounts.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping
+
+from pybuild.builder import copy as copyop
+from pybuild.builder.keys import step_key
+from pybuild.builder.plan import PROXY_ARGS, BuildPlan, StagePlan, location, plan
+from pybuild.cache.index import CacheRecord
+from pybuild.cache.layers import LayerBlob, write_layer
+from pybuild.cache.view import LayeredView
+from pybuild.errors import BuildError
+from pybuild.grammar import ast, expand_word, expand_words
+from pybuild.oci.image import ImageRecord, new_config, write_image
+from pybuild.oci.store import ImageNotFound
+from pybuild.progress import Reporter, Step
+from pybuild.sandbox.runner import ProcessSpec, RootfsSpec, SandboxError, abort_all
+from pybuild.sandbox.runner import run as sandbox_run
+from pybuild.store import Store
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHELL = ["/bin/sh", "-c"]
+HISTORY_COMMENT = "buildkit.dockerfile.v0"
+LOG_TAIL_LINES = 40
+
+
+@dataclass
+class BuildOptions:
+    context: Path
+    dockerfile: ast.Dockerfile
+    tags: list[str] = field(default_factory=list)
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    network: str = "none"
+    source_date_epoch: int | None = None
+
+
+@dataclass
+class StageState:
+    """What a stage has built so far: the image being assembled and the cache key of its last step."""
+
+    layers: list[LayerBlob]
+    config: dict
+    key: str
+    shell: list[str]
+    args: dict[str, str] = field(default_factory=dict)       # ARGs declared in this stage, with values
+    cmd_from_base: bool = True
+    rebuilt: bool = False                                      # a step of this stage (or its base) ran
+
+
+class StepFailed(BuildError):
+    def __init__(self, message: str, location: str, log_tail: list[str]):
+        super().__init__(message, location)
+        self.log_tail = log_tail
+
+
+class Solver:
+    def __init__(self, store: Store, reporter: Reporter, options: BuildOptions):
+        self.store = store
+        self.reporter = reporter
+        self.opts = options
+        self._numbers = iter(range(1, 1 << 30))
+        self._number_lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self._created = _created(options.source_date_epoch)
+
+    # -- entry point ------------------------------------------------------------------------------
+    def solve(self) -> ImageRecord:
+        build_plan = plan(self.opts.dockerfile, self.opts.build_args, self.opts.target)
+        for name in build_plan.unused_build_args:
+            self.reporter.warning(f"build argument {name!r} was given but no ARG in the built stages uses it")
+        results: dict[int, Future] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(build_plan.stages)), thread_name_prefix="stage") as pool:
+            for sp in build_plan.stages:
+                results[sp.stage.index] = pool.submit(self._build_stage, sp, build_plan, results)
+            try:
+                final: StageState = results[build_plan.target].result()
+                for f in results.values():
+                    f.result()
+            except BaseException:
+                # Stop the other stages: no new steps start, and running sandboxes are killed
+                # (their init processes ignore the terminal's Ctrl-C, which only the main thread sees).
+                self.cancelled.set()
+                abort_all()
+                raise
+        return write_image(self.store.content, self._finish_config(final), final.layers)
+
+    def _finish_config(self, state: StageState) -> dict:
+        cfg = _copy.deepcopy(state.config)
+        cfg["created"] = self._created
+        return cfg
+
+    def _number(self) -> int:
+        with self._number_lock:
+            return next(self._numbers)
+
+    # -- stages -----------------------------------------------------------------------------------
+    def _build_stage(self, sp: StagePlan, bp: BuildPlan, results: dict[int, Future]) -> StageState:
+        stage = sp.stage
+        fs_steps = [i for i in stage.instructions if isinstance(i, (ast.Run, ast.Copy, ast.Add, ast.Workdir))]
+        total = 1 + len(fs_steps)
+        prefix = f"[{stage.name} " if stage.name else "["
+        counter = iter(range(2, total + 1))
+
+        step = Step(self._number(), f"{prefix}1/{total}] FROM {sp.base_image or stage.base.image}")
+        self.reporter.step_started(step)
+        state = self._base_state(sp, results, step)
+
+        for ins in stage.instructions:
+            if self.cancelled.is_set():
+                raise BuildError("build cancelled")
+            env = self._expansion_env(state)
+            if isinstance(ins, (ast.Run, ast.Copy, ast.Add, ast.Workdir)):
+                label = f"{prefix}{next(counter)}/{total}] {_one_line(ins.original)}"
+                self._fs_step(ins, label, state, env, sp, results)
+            else:
+                self._metadata(ins, state, env, sp)
+        return state
+
+    def _base_state(self, sp: StagePlan, results: dict[int, Future], step: Step) -> StageState:
+        if sp.base_stage is not None:
+            parent: StageState = results[sp.base_stage].result()
+            state = _copy.deepcopy(parent)
+            state.args = {}
+            self.reporter.step_cached(step)
+            return state
+        image = sp.base_image
+        if image == "scratch":
+            cfg = new_config(None)
+            cfg["config"]["Env"] = [f"PATH={DEFAULT_PATH}"]
+            self.reporter.step_cached(step)
+            return StageState(layers=[], config=cfg, key=step_key(None, {"from": "scratch"}),
+                              shell=list(DEFAULT_SHELL))
+        try:
+            img = self.store.images.image(image)
+        except ImageNotFound:
+            raise BuildError(f"base image {image!r} not found in the local store "
+                             f"(make it with `pybuild import` or `pybuild load`; see `pybuild images`)",
+                             location(sp.stage.base)) from None
+        fresh = [l for l in img.layers if not self.store.snapshots.exists(l.diff_id)]
+        self.store.snapshots.lowerdirs(img.layers)
+        if fresh:
+            self.reporter.step_done(step)
+        else:
+            self.reporter.step_cached(step)
+        cfg = new_config(img.config)
+        cfg.pop("created", None)
+        cfg["config"].setdefault("Env", [f"PATH={DEFAULT_PATH}"])
+        return StageState(layers=list(img.layers), config=cfg,
+                          key=step_key(None, {"from": img.manifest_digest}), shell=list(DEFAULT_SHELL))
+
+    # -- variables --------------------------------------------------------------------------------
+    def _expansion_env(self, state: StageState) -> dict[str, str]:
+        """Values visible to word expansion: declared ARGs, then ENV (ENV wins)."""
+        env = dict(state.args)
+        env.update(_env_dict(state.config))
+        return env
+
+    def _run_env(self, state: StageState) -> dict[str, str]:
+        """The environment of a RUN: the image's Env plus the stage's ARGs that no ENV shadows."""
+        env = _env_dict(state.config)
+        for k, v in state.args.items():
+            env.setdefault(k, v)
+        env.setdefault("PATH", DEFAULT_PATH)
+        return env
+
+    # -- metadata instructions --------------------------------------------------------------------
+    def _metadata(self, ins: ast.Instruction, state: StageState, env: dict[str, str], sp: StagePlan) -> None:
+        c = state.config["config"]
+        x = lambda w: self._expand(w, env, ins)  # noqa: E731
+        if isinstance(ins, ast.Arg):
+            for name, default in ins.pairs:
+                if name in self.opts.build_args:
+                    value = self.opts.build_args[name]
+                elif default is not None:
+                    value = x(default)
+                elif name in sp.global_args:
+                    value = sp.global_args[name]
+                elif name in PROXY_ARGS and name in os.environ:
+                    continue
+                else:
+                    continue
+                state.args[name] = value
+                env[name] = value
+            return  # ARG leaves no history entry
+        if isinstance(ins, ast.Env):
+            current = _env_dict(state.config)
+            for name, value in ins.pairs:
+                current[name] = x(value)
+                env[name] = current[name]
+            c["Env"] = [f"{k}={v}" for k, v in current.items()]
+        elif isinstance(ins, ast.Label):
+            labels = c.get("Labels") or {}
+            for name, value in ins.pairs:
+                labels[x(name)] = x(value)
+            c["Labels"] = labels
+        elif isinstance(ins, ast.Expose):
+            ports = c.get("ExposedPorts") or {}
+            for word in ins.ports:
+                for port in expand_words(word, env):
+                    ports[port if "/" in port else f"{port}/tcp"] = {}
+            c["ExposedPorts"] = ports
+        elif isinstance(ins, ast.User):
+            c["User"] = x(ins.user)
+        elif isinstance(ins, ast.StopSignal):
+            c["StopSignal"] = x(ins.signal)
+        elif isinstance(ins, ast.Cmd):
+            c["Cmd"] = self._command(ins.command, state)
+            state.cmd_from_base = False
+        elif isinstance(ins, ast.Entrypoint):
+            c["Entrypoint"] = self._command(ins.command, state)
+            if state.cmd_from_base:
+                c.pop("Cmd", None)
+        elif isinstance(ins, ast.Volume):
+            vols = c.get("Volumes") or {}
+            for word in ins.paths:
+                for v in expand_words(word, env):
+                    vols[v] = {}
+            c["Volumes"] = vols
+        elif isinstance(ins, ast.Shell):
+            state.shell = list(ins.args)
+        elif isinstance(ins, (ast.Maintainer,)):
+            state.config["author"] = ins.name
+        else:
+            raise BuildError(f"{type(ins).__name__.upper()} is not supported by this version of pybuild",
+                             location(ins))
+        self._history(state, ins, empty_layer=True)
+
+    def _command(self, command, state: StageState) -> list[str]:
+        if isinstance(command, ast.ExecForm):
+            return list(command.args)
+        return state.shell + [command.text]
+
+    def _expand(self, word: str, env: Mapping[str, str], ins: ast.Instruction) -> str:
+        try:
+            return expand_word(word, env)
+        except ValueError as exc:
+            raise BuildError(str(exc), location(ins)) from None
+
+    def _history(self, state: StageState, ins: ast.Instruction, empty_layer: bool, created_by: str | None = None):
+        entry = {"created": self._created, "created_by": created_by or _one_line(ins.original),
+                 "comment": HISTORY_COMMENT}
+        if empty_layer:
+            entry["empty_layer"] = True
+        state.config.setdefault("history", []).append(entry)
+
+    # -- filesystem steps -------------------------------------------------------------------------
+    def _fs_step(self, ins, label: str, state: StageState, env: dict[str, str], sp: StagePlan,
+                 results: dict[int, Future]) -> None:
+        step = Step(self._number(), label)
+        self.reporter.step_started(step)
+        if isinstance(ins, ast.Run):
+            definition, execute, created_by = self._prepare_run(ins, state)
+        elif isinstance(ins, ast.Workdir):
+            definition, execute, created_by = self._prepare_workdir(ins, state, env)
+        else:
+            definition, execute, created_by = self._prepare_copy(ins, state, env, results)
+        key = step_key(state.key, definition)
+        record = None if self.opts.no_cache else self.store.index.get(key)
+        if record is not None:
+            self.reporter.step_cached(step)
+        else:
+            reason = ("--no-cache" if self.opts.no_cache else
+                      "an earlier step was rebuilt" if state.rebuilt else
+                      "no cache record for this step (new or changed instruction or input)")
+            self.reporter.step_miss(step, reason)
+            started = time.monotonic()
+            layer = execute(step)
+            record = CacheRecord(key=key, layer=layer, created=self._created_now(),
+                                 duration_s=round(time.monotonic() - started, 3), description=label)
+            self.store.index.put(key, record)
+            state.rebuilt = True
+            self.reporter.step_done(step)
+        state.key = key
+        if record.layer is not None:
+            state.layers.append(record.layer)
+        self._history(state, ins, empty_layer=record.layer is None, created_by=created_by)
+
+    def _created_now(self) -> str:
+        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _workdir_of(self, state: StageState) -> str:
+        return state.config["config"].get("WorkingDir") or "/"
+
+    def _prepare_workdir(self, ins: ast.Workdir, state: StageState, env):
+        path = self._expand(ins.path, env, ins)
+        if not path.startswith("/"):
+            path = os.path.join(self._workdir_of(state), path)
+        path = os.path.normpath(path)
+        state.config["config"]["WorkingDir"] = path
+        definition = {"op": "WORKDIR", "path": path}
+
+        def execute(step: Step) -> LayerBlob | None:
+            view = LayeredView(self.store.snapshots.lowerdirs(state.layers))
+            existing = view.lookup(path)
+            if existing is not None:
+                return None
+            return self._layer_from(lambda d: copyop.copy_to_layer(view, [], path + "/", image=view, layer_dir=d))
+
+        return definition, execute, f"WORKDIR {path}"
+
+    def _prepare_run(self, ins: ast.Run, state: StageState):
+        args = self._command(ins.command, state)
+        env = self._run_env(state)
+        user = state.config["config"].get("User") or None
+        cwd = self._workdir_of(state)
+        network = self.opts.network
+        definition = {"op": "RUN", "args": args, "env": sorted(f"{k}={v}" for k, v in env.items()),
+                      "user": user, "cwd": cwd, "network": network}
+        if ins.heredocs:
+            definition["heredocs"] = [[h.name, h.content] for h in ins.heredocs]
+            raise BuildError("RUN with a heredoc is not supported by this version of pybuild", location(ins))
+
+        def execute(step: Step) -> LayerBlob:
+            lowers = self.store.snapshots.lowerdirs(state.layers)
+            work = self.store.snapshots.new_work_dir()
+            try:
+                upper, overlay_work = work / "upper", work / "work"
+                upper.mkdir()
+                overlay_work.mkdir()
+                spec = ProcessSpec(args=args, env=env, cwd=cwd, user=user, network=network)
+                status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work))
+                if status.code != 0:
+                    how = f"was killed by signal {status.signal}" if status.signal else f"exited {status.code}"
+                    raise StepFailed(f"RUN {_one_line(ins.original)[4:]} {how}", location(ins), tail)
+                layer = write_layer(upper, self.store.content, overlay_upper=True,
+                                    source_date_epoch=self.opts.source_date_epoch)
+                self.store.snapshots.commit_dir(layer.diff_id, upper)
+                return layer
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+        created_by = "RUN " + (" ".join(args) if isinstance(ins.command, ast.ExecForm) else
+                               " ".join(state.shell) + " " + ins.command.text) + " # buildkit"
+        return definition, execute, created_by
+
+    def _run_streaming(self, step: Step, spec: ProcessSpec, rootfs: RootfsSpec):
+        read_fd, write_fd = os.pipe()
+        tail: list[str] = []
+
+        def pump() -> None:
+            with os.fdopen(read_fd, "rb") as stream:
+                for raw in stream:
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
+                    tail.append(line)
+                    del tail[:-LOG_TAIL_LINES]
+                    self.reporter.step_log(step, line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            status = sandbox_run(spec, rootfs, stdin=None, stdout=write_fd, stderr=write_fd)
+        except SandboxError as exc:
+            raise BuildError(f"sandbox: {exc}") from None
+        finally:
+            os.close(write_fd)
+            reader.join()
+        return status, tail
+
+    def _prepare_copy(self, ins, state: StageState, env, results: dict[int, Future]):
+        if isinstance(ins, ast.Add):
+            raise BuildError("ADD is not supported by this version of pybuild; use COPY", location(ins))
+        sources = [w for word in ins.sources for w in self._expand_list(word, env, ins)]
+        dest = self._expand(ins.dest, env, ins)
+        if not dest.startswith("/"):
+            wd = self._workdir_of(state)
+            dest = os.path.join(wd, dest) + ("/" if dest.endswith("/") or dest in (".", "./") else "")
+        what = "build context"
+        if ins.from_stage:
+            src_view, src_key, what = self._copy_source(ins, env, results)
+        else:
+            src_view, src_key = LayeredView([self.opts.context]), "context"
+        try:
+            matched = copyop.match_sources(src_view, sources, what)
+            digest = copyop.content_digest(src_view, matched)
+        except (copyop.CopyError, OSError) as exc:
+            raise BuildError(f"COPY failed: {exc}", location(ins)) from None
+        owner = self._owner(ins.chown, state, env, ins) if ins.chown else (0, 0)
+        chmod = self._chmod(ins.chmod, ins) if ins.chmod else None
+        definition = {"op": "COPY", "from": src_key, "sources": sources, "content": digest, "dest": dest,
+                      "owner": list(owner), "chmod": chmod}
+
+        def execute(step: Step) -> LayerBlob:
+            image = LayeredView(self.store.snapshots.lowerdirs(state.layers))
+            try:
+                return self._layer_from(lambda d: copyop.copy_to_layer(
+                    src_view, matched, dest, image=image, layer_dir=d, owner=owner, chmod=chmod))
+            except (copyop.CopyError, OSError) as exc:
+                raise BuildError(f"COPY failed: {exc}", location(ins)) from None
+
+        return definition, execute, _one_line(ins.original)
+
+    def _copy_source(self, ins, env, results: dict[int, Future]):
+        name = self._expand(ins.from_stage, env, ins)
+        for idx, fut in results.items():
+            stage = self.opts.dockerfile.stages[idx]
+            if (stage.name and stage.name.lower() == name.lower()) or name == str(idx):
+                other: StageState = fut.result()
+                return (LayeredView(self.store.snapshots.lowerdirs(other.layers)), other.key,
+                        f"stage {name!r}")
+        try:
+            img = self.store.images.image(name)
+        except ImageNotFound:
+            raise BuildError(f"COPY --from={name}: no stage or local image of that name", location(ins)) from None
+        return LayeredView(self.store.snapshots.lowerdirs(img.layers)), img.manifest_digest, f"image {name!r}"
+
+    def _expand_list(self, word: str, env, ins) -> list[str]:
+        try:
+            return expand_words(word, env)
+        except ValueError as exc:
+            raise BuildError(str(exc), location(ins)) from None
+
+    def _owner(self, spec: str, state: StageState, env, ins) -> tuple[int, int]:
+        spec = self._expand(spec, env, ins)
+        user, _, group = spec.partition(":")
+        view = LayeredView(self.store.snapshots.lowerdirs(state.layers))
+        uid = _lookup_id(view, "/etc/passwd", user, 2)
+        if uid is None:
+            raise BuildError(f"--chown: user {user!r} not found in the image's /etc/passwd", location(ins))
+        if group:
+            gid = _lookup_id(view, "/etc/group", group, 2)
+            if gid is None:
+                raise BuildError(f"--chown: group {group!r} not found in the image's /etc/group", location(ins))
+        else:
+            gid = uid if user.isdigit() else (_lookup_id(view, "/etc/passwd", user, 3) or 0)
+        return uid, gid
+
+    def _chmod(self, spec: str, ins) -> int:
+        try:
+            mode = int(spec, 8)
+        except ValueError:
+            raise BuildError(f"--chmod={spec}: expected an octal mode such as 0755", location(ins)) from None
+        if not 0 <= mode <= 0o7777:
+            raise BuildError(f"--chmod={spec}: mode out of range", location(ins))
+        return mode
+
+    def _layer_from(self, fill) -> LayerBlob | None:
+        """Run `fill(dir)` on a fresh dir, turn the dir into a layer, keep it as that layer's snapshot."""
+        work = self.store.snapshots.new_work_dir()
+        try:
+            layer_dir = work / "upper"
+            layer_dir.mkdir()
+            fill(layer_dir)
+            layer = write_layer(layer_dir, self.store.content, source_date_epoch=self.opts.source_date_epoch)
+            self.store.snapshots.commit_dir(layer.diff_id, layer_dir)
+            return layer
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _lookup_id(view: LayeredView, path: str, name: str, field_index: int) -> int | None:
+    """A numeric id from a passwd/group file in the image (`name` may already be numeric)."""
+    if name.isdigit():
+        return int(name)
+    entry = view.lookup(path)
+    if entry is None:
+        return None
+    with open(entry.real, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.rstrip("\n").split(":")
+            if len(fields) > field_index and fields[0] == name and fields[field_index].isdigit():
+                return int(fields[field_index])
+    return None
+
+
+def _env_dict(config: dict) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in config.get("config", {}).get("Env") or []:
+        k, _, v = item.partition("=")
+        out[k] = v
+    return out
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _created(source_date_epoch: int | None) -> str:
+    when = (datetime.fromtimestamp(source_date_epoch, timezone.utc) if source_date_epoch is not None
+            else datetime.now(timezone.utc))
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build(store: Store, reporter: Reporter, options: BuildOptions) -> ImageRecord:
+    """Build the image and tag it. Tags are written only after every step and blob succeeded."""
+    record = Solver(store, reporter, options).solve()
+    for tag in options.tags:
+        store.images.tag(tag, record.manifest)
+    return record

@@ -1,0 +1,350 @@
+"""The `pybuild` command line: thin argument handling over the builder, the stores and the sandbox.
+
+`pybuild -t NAME PATH` means `pybuild build -t NAME PATH`. Exit status: 0 on
+success, 1 when a build or command fails, 2 on usage errors; `run` returns the
+container's status, or 125 when pybuild itself fails (as docker does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pybuild import __version__
+from pybuild.errors import PybuildError, UsageError
+
+COMMANDS = ("build", "images", "import", "save", "run", "help")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors: one line, exit 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pybuild", description="Build OCI images from Dockerfiles, without a daemon.",
+                epilog="`pybuild -t NAME PATH` is short for `pybuild build -t NAME PATH`.")
+    p.add_argument("--version", action="version", version=f"pybuild {__version__}")
+    p.add_argument("--root", help="state directory (default $PYBUILD_ROOT, /var/lib/pybuild for root)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    b = sub.add_parser("build", help="build an image from a Dockerfile",
+                       description="Build an image from a Dockerfile. Example: pybuild build -t app:1.0 .")
+    b.add_argument("context", help="build context directory")
+    b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile)")
+    b.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
+    b.add_argument("--build-arg", action="append", default=[], metavar="K=V",
+                   help="set a build argument (K alone takes its value from the environment)")
+    b.add_argument("--target", help="build this stage and what it needs, not the last one")
+    b.add_argument("--no-cache", action="store_true", help="run every step, ignoring the cache")
+    b.add_argument("--network", choices=("none", "host"), default="none",
+                   help="network for RUN steps (default none)")
+    b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    b.add_argument("--progress", choices=("auto", "plain"), default="auto", help="progress output")
+
+    i = sub.add_parser("images", help="list images in the local store")
+    i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+
+    im = sub.add_parser("import", help="make a one-layer image from a rootfs directory or tarball",
+                        description="Like docker import. Example: pybuild import ./rootfs busybox:latest")
+    im.add_argument("source", help="directory, tar or tar.gz file, or - for a tar on stdin")
+    im.add_argument("reference", help="NAME[:TAG]")
+    im.add_argument("-c", "--change", action="append", default=[],
+                    help="Dockerfile instruction applied to the config: CMD, ENTRYPOINT, ENV, WORKDIR, USER")
+
+    s = sub.add_parser("save", help="write images to an OCI image-layout tarball")
+    s.add_argument("-o", "--output", required=True, help="tarball to write")
+    s.add_argument("images", nargs="+", help="NAME[:TAG]")
+
+    r = sub.add_parser("run", help="run a command in a new container from an image",
+                       description="Example: pybuild run hello:1.0 sh -c 'echo hi'")
+    r.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    r.add_argument("-w", "--workdir", help="working directory inside the container")
+    r.add_argument("-u", "--user", help="user (name, uid, uid:gid)")
+    r.add_argument("--entrypoint", help="override the image's entrypoint")
+    r.add_argument("--network", choices=("none", "host"), default="none", help="network (default none)")
+    r.add_argument("--hostname", default=None, help="container host name")
+    r.add_argument("image")
+    r.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    sub.add_parser("help", help="show this help")
+    return p
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """Insert `build` when the first non-option word is not a command (`pybuild -t x .`)."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--root":
+            i += 2
+            continue
+        if a.startswith("--root="):
+            i += 1
+            continue
+        if a in ("-h", "--help", "--version"):
+            return argv
+        if a in COMMANDS:
+            return argv
+        return argv[:i] + ["build"] + argv[i:]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(_normalise_argv(argv))
+        if args.command in (None, "help"):
+            parser.print_help()
+            return 0
+        handler = {"build": cmd_build, "images": cmd_images, "import": cmd_import,
+                   "save": cmd_save, "run": cmd_run}[args.command]
+        return handler(args)
+    except UsageError as exc:
+        print(f"pybuild: {exc}" if not str(exc).startswith("pybuild") else str(exc), file=sys.stderr)
+        return 2
+    except PybuildError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 125 if getattr(args, "command", None) == "run" else exc.exit_code
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return 130
+
+
+def _store(args):
+    from pybuild.store import Store
+
+    return Store.open(Path(args.root) if args.root else None)
+
+
+# -- build ------------------------------------------------------------------------------------------
+def _build_args(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" in item:
+            k, _, v = item.partition("=")
+        elif item in os.environ:
+            k, v = item, os.environ[item]
+        else:
+            continue  # docker ignores `--build-arg K` when K is not in the environment
+        if not k:
+            raise UsageError(f"--build-arg {item!r}: expected KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def cmd_build(args) -> int:
+    from pybuild.builder.solver import BuildOptions, StepFailed, build
+    from pybuild.grammar import DockerfileError, parse
+    from pybuild.oci.reference import InvalidReference, parse_reference
+    from pybuild.progress import PlainReporter
+
+    context = Path(args.context)
+    if not context.is_dir():
+        raise UsageError(f"build context {args.context!r} is not a directory")
+    dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
+    try:
+        text = dockerfile_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PybuildError(f"cannot read Dockerfile {dockerfile_path}: {exc.strerror}") from None
+    for tag in args.tag:
+        try:
+            parse_reference(tag)
+        except InvalidReference as exc:
+            raise UsageError(f"-t {tag}: {exc}") from None
+    try:
+        dockerfile = parse(text, str(dockerfile_path))
+    except DockerfileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag,
+                           build_args=_build_args(args.build_arg), target=args.target,
+                           no_cache=args.no_cache, network=args.network,
+                           source_date_epoch=int(sde) if sde and sde.isdigit() else None)
+    store = _store(args)
+    store.clean_stale()
+    reporter = PlainReporter(quiet=args.quiet)
+    try:
+        record = build(store, reporter, options)
+    except StepFailed as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    image_id = _image_id(store, record.manifest.digest)
+    if args.quiet:
+        print(image_id)
+    else:
+        print(f"writing image {image_id} done", file=sys.stderr)
+        for tag in args.tag:
+            print(f"naming to {tag} done", file=sys.stderr)
+    return 0
+
+
+def _image_id(store, manifest_digest: str) -> str:
+    from pybuild.oci.image import load_manifest
+
+    return load_manifest(store.content, manifest_digest)["config"]["digest"]
+
+
+# -- images / import / save -------------------------------------------------------------------------
+def _human_size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n}"
+
+
+def _ago(created: str | None) -> str:
+    if not created:
+        return "N/A"
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return created
+    secs = int((datetime.now(timezone.utc) - when).total_seconds())
+    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400),
+                       ("hour", 3600), ("minute", 60)):
+        if secs >= size:
+            k = secs // size
+            return f"{k} {unit}{'s' if k > 1 else ''} ago"
+    return "Less than a minute ago" if secs >= 1 else "Now"
+
+
+def cmd_images(args) -> int:
+    store = _store(args)
+    rows = []
+    for ref, manifest_digest in store.images.list():
+        img = store.images.image(str(ref))
+        size = sum(layer.size for layer in img.layers)
+        rows.append((ref.name, ref.tag, img.id.split(":", 1)[1][:12], _ago(img.config.get("created")),
+                     _human_size(size)))
+    if args.quiet:
+        for r in rows:
+            print(r[2])
+        return 0
+    header = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for r in [header, *rows]:
+        print("   ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _changes(items: list[str]) -> dict:
+    """--change "CMD [..]" and friends, parsed by the Dockerfile grammar, mapped to config fields."""
+    from pybuild.grammar import DockerfileError, ast, expand_word, parse
+
+    if not items:
+        return {}
+    try:
+        df = parse("FROM scratch\n" + "\n".join(items) + "\n", "--change")
+    except DockerfileError as exc:
+        raise UsageError(str(exc)) from None
+    out: dict = {}
+    for ins in df.stages[0].instructions:
+        if isinstance(ins, (ast.Cmd, ast.Entrypoint)):
+            value = list(ins.command.args) if isinstance(ins.command, ast.ExecForm) else ["/bin/sh", "-c",
+                                                                                          ins.command.text]
+            out["Cmd" if isinstance(ins, ast.Cmd) else "Entrypoint"] = value
+        elif isinstance(ins, ast.Env):
+            env = out.setdefault("Env", [])
+            env.extend(f"{k}={expand_word(v, {})}" for k, v in ins.pairs)
+        elif isinstance(ins, ast.Workdir):
+            out["WorkingDir"] = ins.path
+        elif isinstance(ins, ast.User):
+            out["User"] = ins.user
+        else:
+            raise UsageError(f"--change: {ins.original.split()[0]} is not supported "
+                             "(use CMD, ENTRYPOINT, ENV, WORKDIR or USER)")
+    return out
+
+
+def cmd_import(args) -> int:
+    from pybuild.oci.archive import import_rootfs
+    from pybuild.oci.reference import InvalidReference, parse_reference
+
+    try:
+        ref = parse_reference(args.reference)
+    except InvalidReference as exc:
+        raise UsageError(str(exc)) from None
+    changes = _changes(args.change)
+    store = _store(args)
+    if args.source == "-":
+        source = sys.stdin.buffer
+    else:
+        source = Path(args.source)
+        if not source.exists():
+            raise PybuildError(f"import: {args.source}: no such file or directory")
+    digest = import_rootfs(source, ref, store.content, store.images, changes=changes)
+    print(_image_id(store, digest))
+    return 0
+
+
+def cmd_save(args) -> int:
+    from pybuild.oci.archive import save_oci_archive
+    from pybuild.oci.reference import parse_reference
+    from pybuild.oci.store import ImageNotFound
+
+    store = _store(args)
+    images = []
+    for name in args.images:
+        try:
+            images.append((parse_reference(name), store.images.resolve(name)))
+        except (ImageNotFound, ValueError) as exc:
+            raise PybuildError(str(exc).strip('"')) from None
+    save_oci_archive(store.content, images, Path(args.output))
+    return 0
+
+
+# -- run --------------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from pybuild.oci.store import ImageNotFound
+    from pybuild.sandbox.runner import ProcessSpec, RootfsSpec, SandboxError, run
+
+    store = _store(args)
+    try:
+        img = store.images.image(args.image)
+    except ImageNotFound as exc:
+        raise PybuildError(str(exc).strip('"')) from None
+    c = img.config.get("config") or {}
+    entrypoint = [args.entrypoint] if args.entrypoint else list(c.get("Entrypoint") or [])
+    cmd = list(args.cmd) if args.cmd else ([] if args.entrypoint else list(c.get("Cmd") or []))
+    argv = entrypoint + cmd
+    if not argv:
+        raise PybuildError(f"{args.image}: no command given and the image has no CMD or ENTRYPOINT")
+    env: dict[str, str] = {}
+    for item in c.get("Env") or []:
+        k, _, v = item.partition("=")
+        env[k] = v
+    for item in args.env:
+        if "=" in item:
+            k, _, v = item.partition("=")
+            env[k] = v
+        elif item in os.environ:
+            env[item] = os.environ[item]
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    store.clean_stale()
+    lowers = store.snapshots.lowerdirs(img.layers)
+    work = store.snapshots.new_work_dir()
+    try:
+        (work / "upper").mkdir()
+        (work / "work").mkdir()
+        spec = ProcessSpec(args=argv, env=env, cwd=args.workdir or c.get("WorkingDir") or "/",
+                           user=args.user or c.get("User") or None,
+                           hostname=args.hostname or img.id.split(":", 1)[1][:12], network=args.network)
+        try:
+            status = run(spec, RootfsSpec(lowers, work / "upper", work / "work"))
+        except SandboxError as exc:
+            raise PybuildError(str(exc)) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return status.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
