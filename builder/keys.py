@@ -10,14 +10,11 @@ Changing what goes in here invalidates every user's cache: tests pin the format.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
+from pybuild.oci.image import canonical_json
+
 KEY_VERSION = "pybuild.v1"
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def step_key(parent_key: str | None, definition: dict[str, Any]) -> str:

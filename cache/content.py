@@ -17,6 +17,8 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pybuild.atomicfile import fsync_dir
 from typing import BinaryIO, Iterator
 
 __all__ = ["BlobInfo", "DigestMismatch", "BlobNotFound", "BlobWriter", "ContentStore"]
@@ -45,14 +47,6 @@ def _hex(digest: str) -> str:
     if not m:
         raise ValueError(f"invalid digest {digest!r} (want 'sha256:' + 64 lowercase hex digits)")
     return m.group(1)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobWriter:
@@ -127,7 +121,7 @@ class BlobWriter:
             else:
                 os.fchmod(self._fd, 0o444)
                 os.rename(self.path, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         except BaseException:
             self.abort()
             raise

@@ -7,12 +7,12 @@ from the content store is reported as a miss.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from pybuild.atomicfile import write_atomic
 
 from .content import ContentStore
 from .layers import LayerBlob
@@ -97,25 +97,7 @@ class CacheIndex:
             "description": record.description,
         }
         data = json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
-        tmp = self._dir / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(final, data)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

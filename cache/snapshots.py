@@ -15,10 +15,12 @@ import re
 import secrets
 import shutil
 from pathlib import Path
+
+from pybuild.atomicfile import fsync_dir
 from typing import Iterator, Sequence
 
 from .content import ContentStore
-from .layers import LayerBlob, LayerError, unpack_layer
+from .layers import LayerBlob, unpack_layer
 
 __all__ = ["SnapshotStore"]
 
@@ -70,14 +72,6 @@ def _mountpoints() -> list[str]:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SnapshotStore:
     def __init__(self, root: Path, content: ContentStore):
         self.root = Path(root)
@@ -117,7 +111,7 @@ class SnapshotStore:
                 os.chmod(tmp, 0o755)
                 unpack_layer(self.content, layer, tmp)
                 os.rename(tmp, final)
-                _fsync_dir(self._snapshots)
+                fsync_dir(self._snapshots)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -131,7 +125,7 @@ class SnapshotStore:
                 shutil.rmtree(src_dir)
             else:
                 os.rename(src_dir, final)
-                _fsync_dir(self._snapshots)
+                fsync_dir(self._snapshots)
         return final
 
     def lowerdirs(self, layers: Sequence[LayerBlob]) -> list[Path]:

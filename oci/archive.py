@@ -12,6 +12,8 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+
+from pybuild.atomicfile import atomic_write
 from typing import IO, BinaryIO, Iterable
 
 from pybuild.cache.content import BlobInfo, ContentStore
@@ -139,29 +141,19 @@ def save_oci_archive(
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name, data in (("oci-layout", canonical_json(OCI_LAYOUT)), ("index.json", canonical_json(index))):
-                    tar.addfile(_tarinfo(name, size=len(data), mtime=mtime), io.BytesIO(data))
-                tar.addfile(_tarinfo("blobs", directory=True, mtime=mtime))
-                tar.addfile(_tarinfo("blobs/sha256", directory=True, mtime=mtime))
-                for digest in sorted(blobs):
-                    size = content.size(digest)
-                    with content.open(digest) as src:
-                        reader = _HashingReader(src, digest)
-                        ti = _tarinfo("blobs/sha256/" + digest.split(":", 1)[1], size=size, mtime=mtime)
-                        tar.addfile(ti, reader)
-                        reader.check()
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(out) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in (("oci-layout", canonical_json(OCI_LAYOUT)), ("index.json", canonical_json(index))):
+                tar.addfile(_tarinfo(name, size=len(data), mtime=mtime), io.BytesIO(data))
+            tar.addfile(_tarinfo("blobs", directory=True, mtime=mtime))
+            tar.addfile(_tarinfo("blobs/sha256", directory=True, mtime=mtime))
+            for digest in sorted(blobs):
+                size = content.size(digest)
+                with content.open(digest) as src:
+                    reader = _HashingReader(src, digest)
+                    ti = _tarinfo("blobs/sha256/" + digest.split(":", 1)[1], size=size, mtime=mtime)
+                    tar.addfile(ti, reader)
+                    reader.check()
 
 
 # -- load ------------------------------------------------------------------------------

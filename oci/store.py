@@ -7,9 +7,10 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from pybuild.atomicfile import write_atomic
 from typing import Iterator
 
 from pybuild.cache.content import BlobInfo, ContentStore
@@ -69,30 +70,10 @@ def rfc3339(when: datetime | float | int | None = None) -> str:
     return when.strftime(fmt)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, obj: object) -> None:
     """Write ``obj`` as JSON to ``path`` via temp file + fsync + rename + dir fsync."""
     data = json.dumps(obj, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, data)
 
 
 class ImageStore:

@@ -7,6 +7,9 @@ the real CLI in a subprocess, with real namespaces and real overlay mounts.
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import sys
 import json
 import re
 import shutil
@@ -216,3 +219,68 @@ def test_saved_tarball_is_accepted_by_skopeo_and_umoci(cli, tmp_path):
     config = json.loads((bundle / "config.json").read_text())
     assert config["process"]["args"] == ["greet"]
     assert config["process"]["cwd"] == "/app"
+
+
+def test_copy_through_a_context_symlink_never_reads_the_host(cli, tmp_path):
+    ctx = tmp_path / "links"
+    ctx.mkdir()
+    os.symlink("/etc", ctx / "hostetc")
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY hostetc/passwd /x\n")
+    res = cli("-t", "links:1", str(ctx))
+    assert res.code == 1
+    assert "'hostetc/passwd' not found in the build context" in res.stderr
+    # The link itself is copied as a link.
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY hostetc /z\n")
+    cli("-t", "links:1", str(ctx), check=True)
+    assert cli("run", "links:1", "readlink", "/z", check=True).stdout.strip() == "/etc"
+
+
+def test_copy_onto_a_symlink_in_the_image_stays_in_the_image(cli, tmp_path):
+    outside = tmp_path / "host-target"
+    ctx = tmp_path / "dest"
+    ctx.mkdir()
+    (ctx / "f.txt").write_text("payload\n")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox:latest\n"
+        f"RUN ln -s {'../' * 12}{str(outside).lstrip('/')} /escape && ln -s / /rootlink\n"
+        "COPY f.txt /escape/\n"
+        "COPY f.txt /rootlink/at-root.txt\n"
+    )
+    cli("-t", "dest:1", str(ctx), check=True)
+    assert not outside.exists()
+    res = cli("run", "dest:1", "sh", "-c", f"cat {outside}/f.txt /at-root.txt", check=True)
+    assert res.stdout == "payload\npayload\n"
+
+
+def test_ctrl_c_mid_run_leaves_no_process_mount_or_tag(cli, tmp_path):
+    ctx = tmp_path / "slow"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nRUN echo started && sleep 987\n")
+    before = mountinfo()
+    proc = subprocess.Popen([sys.executable, "-m", "pybuild", "-t", "slow:1", str(ctx)], env=cli.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.rstrip().endswith("started"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode != 0, rest
+    assert "Traceback" not in rest
+    assert not _processes_matching("sleep 987")
+    assert mountinfo() == before
+    work_dirs = cli.root / "tmp"
+    assert not work_dirs.exists() or not any(work_dirs.iterdir())
+    assert "slow" not in cli("images").stdout
+
+
+def _processes_matching(needle: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmdline:
+                found.append(cmdline)
+    return found

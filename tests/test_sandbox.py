@@ -55,6 +55,26 @@ def ovl(tmp_path) -> tuple[Path, Path]:
     return upper, work
 
 
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _descends_from_us(pid: int) -> bool:
+    """Only our own sandboxes count: other pybuild processes on the machine may be running."""
+    me = os.getpid()
+    for _ in range(64):
+        pid = _ppid(pid)
+        if pid in (0, 1):
+            return False
+        if pid == me:
+            return True
+    return False
+
+
 def _leaked_processes() -> list[str]:
     found = []
     for p in glob.glob("/proc/[0-9]*/cmdline"):
@@ -64,7 +84,8 @@ def _leaked_processes() -> list[str]:
         except OSError:
             continue
         cmd = b" ".join(argv).decode(errors="replace")
-        if (f"sleep {MARK}" in cmd or "sandbox/_init.py" in cmd) and int(p.split("/")[2]) != os.getpid():
+        pid = int(p.split("/")[2])
+        if f"sleep {MARK}" in cmd or ("sandbox/_init.py" in cmd and pid != os.getpid() and _descends_from_us(pid)):
             found.append(cmd)
     return found
 
@@ -77,11 +98,12 @@ def _mountinfo() -> list[str]:
 @pytest.fixture(autouse=True)
 def no_leftovers():
     before_mounts = _mountinfo()
-    before_tmp = set(glob.glob("/tmp/pybuild-sandbox-*"))
+    ours = f"/tmp/pybuild-sandbox-{os.getpid()}-*"
+    before_tmp = set(glob.glob(ours))
     yield
     assert _mountinfo() == before_mounts
     assert _leaked_processes() == []
-    assert set(glob.glob("/tmp/pybuild-sandbox-*")) == before_tmp
+    assert set(glob.glob(ours)) == before_tmp
 
 
 def sh(image: Path, ovl, script: str, **kw) -> tuple[ExitStatus, str, str]:
