@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy as _copy
 import os
+import re
 import shutil
 import threading
 import time
@@ -50,6 +51,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
 LOG_TAIL_LINES = 40
+_LONE_HEREDOC = re.compile(r"<<-?(?P<q>[\"']?)[^\s\"']+(?P=q)")
 
 
 @dataclass
@@ -328,17 +330,37 @@ class Solver:
 
         return definition, execute, f"WORKDIR {path}"
 
+    def _run_command(self, ins: ast.Run, state: StageState) -> tuple[list[str], bytes | None]:
+        """argv of a RUN, and what to feed its stdin (for a heredoc script with a #! line).
+
+        As BuildKit does: `RUN <<EOF` alone runs the heredoc as a script (with its own
+        interpreter when it starts with #!); any other shell-form heredoc goes to the shell
+        with its body, so the shell handles `<<-`, quoting and expansion itself.
+        """
+        if isinstance(ins.command, ast.ExecForm) or not ins.heredocs:
+            return self._command(ins.command, state), None
+        text = ins.command.text.strip()
+        if len(ins.heredocs) == 1 and _LONE_HEREDOC.fullmatch(text):
+            body = ins.heredocs[0].chomped_content
+            if body.startswith("#!"):
+                interpreter = body[2:].splitlines()[0].split()
+                if not interpreter:
+                    raise BuildError("heredoc script has an empty #! line", location(ins))
+                return interpreter + ["/dev/stdin"], body.encode()
+            return state.shell + [body], None
+        script = ins.command.text + "\n" + "".join(h.content + h.name + "\n" for h in ins.heredocs)
+        return state.shell + [script], None
+
     def _prepare_run(self, ins: ast.Run, state: StageState):
-        args = self._command(ins.command, state)
+        args, stdin_data = self._run_command(ins, state)
         env = self._run_env(state)
         user = state.config["config"].get("User") or None
         cwd = self._workdir_of(state)
         network = self.opts.network
         definition = {"op": "RUN", "args": args, "env": sorted(f"{k}={v}" for k, v in env.items()),
                       "user": user, "cwd": cwd, "network": network}
-        if ins.heredocs:
-            definition["heredocs"] = [[h.name, h.content] for h in ins.heredocs]
-            raise BuildError("RUN with a heredoc is not supported by this version of pybuild", location(ins))
+        if stdin_data is not None:
+            definition["stdin"] = stdin_data.decode()
 
         def execute(step: Step) -> LayerBlob:
             lowers = self.store.snapshots.lowerdirs(state.layers)
@@ -348,7 +370,7 @@ class Solver:
                 upper.mkdir()
                 overlay_work.mkdir()
                 spec = ProcessSpec(args=args, env=env, cwd=cwd, user=user, network=network)
-                status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work))
+                status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work), stdin_data)
                 if status.code != 0:
                     how = f"was killed by signal {status.signal}" if status.signal else f"exited {status.code}"
                     raise StepFailed(f"RUN {_one_line(ins.original)[4:]} {how}", location(ins), tail)
@@ -359,13 +381,16 @@ class Solver:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
-        created_by = "RUN " + (" ".join(args) if isinstance(ins.command, ast.ExecForm) else
-                               " ".join(state.shell) + " " + ins.command.text) + " # buildkit"
+        created_by = "RUN " + " ".join(args) + " # buildkit"
         return definition, execute, created_by
 
-    def _run_streaming(self, step: Step, spec: ProcessSpec, rootfs: RootfsSpec):
+    def _run_streaming(self, step: Step, spec: ProcessSpec, rootfs: RootfsSpec, stdin_data: bytes | None = None):
         read_fd, write_fd = os.pipe()
         tail: list[str] = []
+        stdin_fd = None
+        if stdin_data is not None:
+            stdin_fd, feed_fd = os.pipe()
+            threading.Thread(target=_feed, args=(feed_fd, stdin_data), daemon=True).start()
 
         def pump() -> None:
             with os.fdopen(read_fd, "rb") as stream:
@@ -378,11 +403,13 @@ class Solver:
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            status = sandbox_run(spec, rootfs, stdin=None, stdout=write_fd, stderr=write_fd)
+            status = sandbox_run(spec, rootfs, stdin=stdin_fd, stdout=write_fd, stderr=write_fd)
         except SandboxError as exc:
             raise BuildError(f"sandbox: {exc}") from None
         finally:
             os.close(write_fd)
+            if stdin_fd is not None:
+                os.close(stdin_fd)
             reader.join()
         return status, tail
 
@@ -475,6 +502,18 @@ class Solver:
             return layer
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """Write `data` to a pipe and close it; a reader that exits early just ends the write."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _lookup_id(view: LayeredView, path: str, name: str, field_index: int) -> int | None:

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 125 if getattr(args, "command", None) == "run" else exc.exit_code
     except KeyboardInterrupt:
-        print("ERROR: interrupted", file=sys.stderr)
+        print("ERROR: interrupted: running steps were stopped, nothing was tagged", file=sys.stderr)
         return 130
 
 

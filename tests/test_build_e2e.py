@@ -284,3 +284,29 @@ def _processes_matching(needle: str) -> list[str]:
             if needle in cmdline:
                 found.append(cmdline)
     return found
+
+
+def test_run_heredocs_script_shebang_and_shell_handled(cli, tmp_path):
+    ctx = tmp_path / "heredoc"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox:latest\n"
+        "ENV WHO=world\n"
+        "RUN <<EOF\n"
+        "echo \"script says hello $WHO\" > /script.txt\n"
+        "echo second line >> /script.txt\n"
+        "EOF\n"
+        "RUN <<EOF\n"
+        "#!/bin/sh -e\n"
+        "echo \"shebang $0\" > /shebang.txt\n"
+        "EOF\n"
+        "RUN cat <<-EOT > /tabs.txt && cat <<'RAW' > /raw.txt\n"
+        "\tindented $WHO\n"
+        "\tEOT\n"
+        "literal $WHO\n"
+        "RAW\n"
+    )
+    cli("-t", "heredoc:1", str(ctx), check=True)
+    res = cli("run", "heredoc:1", "cat", "/script.txt", "/shebang.txt", "/tabs.txt", "/raw.txt", check=True)
+    assert res.stdout.splitlines() == ["script says hello world", "second line", "shebang /dev/stdin",
+                                       "indented world", "literal $WHO"]
