@@ -18,10 +18,12 @@ import hashlib
 import os
 import shutil
 import stat
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from pybuild.cache.layers import LayerError, unpack_tar_stream
 from pybuild.cache.view import Entry, LayeredView
 
 _GLOB_CHARS = set("*?[")
@@ -164,6 +166,7 @@ def copy_to_layer(
     layer_dir: Path,
     owner: tuple[int, int] = (0, 0),
     chmod: int | None = None,
+    extract_archives: bool = False,
 ) -> None:
     """Write `sources` to `dest` (absolute, in the image) as the contents of the fresh dir `layer_dir`.
 
@@ -171,8 +174,11 @@ def copy_to_layer(
     a dest ending in "/", need dest to be a directory; a single file onto an
     existing directory lands inside it. Parent directories that exist in the
     image keep their metadata; new ones are 0755 root:root.
+    With `extract_archives` (ADD), a local tar archive (plain, gzip, bzip2 or xz) is
+    unpacked into dest instead, by the same in-root extractor as image layers.
     """
-    dest_is_dir = dest.endswith("/") or len(sources) > 1 or any(
+    archives = {id(s) for s in sources if extract_archives and _is_archive(s.entry)}
+    dest_is_dir = dest.endswith("/") or len(sources) > 1 or bool(archives) or any(
         stat.S_ISDIR(s.entry.st.st_mode) for s in sources)
     if len(sources) > 1 and not dest.endswith("/"):
         raise CopyError(f"when copying several sources the destination must end with '/' (got {dest!r})")
@@ -188,6 +194,13 @@ def copy_to_layer(
 
     dir_times: list[tuple[Path, os.stat_result]] = []
     for src in sources:
+        if id(src) in archives:
+            with open(src.entry.real, "rb") as archive:
+                try:
+                    unpack_tar_stream(archive, layer_dir.joinpath(*target_dir))
+                except LayerError as exc:
+                    raise CopyError(f"cannot extract {src.pattern!r}: {exc}") from None
+            continue
         for rel, entry in _entries_of(view, src):
             if rel is None:
                 name = PurePosixPath(entry.path).name if dest_is_dir else resolved[-1]
@@ -197,6 +210,15 @@ def copy_to_layer(
             _write_entry(entry, out, owner, chmod, dir_times)
     for path, st in reversed(dir_times):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _is_archive(entry: Entry) -> bool:
+    if not stat.S_ISREG(entry.st.st_mode):
+        return False
+    try:
+        return tarfile.is_tarfile(entry.real)
+    except OSError:
+        return False
 
 
 def _make_parents(image: LayeredView, layer_dir: Path, parts: list[str],

@@ -103,7 +103,7 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
             raise BuildError(f"stage {stage.name!r} uses itself as its base", location(stage.base))
         copy_from: list[int] = []
         for ins in stage.instructions:
-            if isinstance(ins, (ast.Copy, ast.Add)) and ins.from_stage:
+            if isinstance(ins, ast.Copy) and ins.from_stage:
                 src = ins.from_stage
                 idx = _stage_index(src, stages, stage.index)
                 if idx is None and any((s.name or "").lower() == src.lower() for s in stages[stage.index:]):

@@ -414,15 +414,18 @@ class Solver:
         return status, tail
 
     def _prepare_copy(self, ins, state: StageState, env, results: dict[int, Future]):
-        if isinstance(ins, ast.Add):
-            raise BuildError("ADD is not supported by this version of pybuild; use COPY", location(ins))
         sources = [w for word in ins.sources for w in self._expand_list(word, env, ins)]
+        is_add = isinstance(ins, ast.Add)
+        remote = [s for s in sources if "://" in s or s.startswith("git@")]
+        if is_add and remote:
+            raise BuildError(f"ADD {remote[0]}: URL and git sources are not supported by pybuild yet; "
+                             "download the file into the build context or in a RUN step", location(ins))
         dest = self._expand(ins.dest, env, ins)
         if not dest.startswith("/"):
             wd = self._workdir_of(state)
             dest = os.path.join(wd, dest) + ("/" if dest.endswith("/") or dest in (".", "./") else "")
         what = "build context"
-        if ins.from_stage:
+        if getattr(ins, "from_stage", None):
             src_view, src_key, what = self._copy_source(ins, env, results)
         else:
             src_view, src_key = LayeredView([self.opts.context]), "context"
@@ -430,19 +433,20 @@ class Solver:
             matched = copyop.match_sources(src_view, sources, what)
             digest = copyop.content_digest(src_view, matched)
         except (copyop.CopyError, OSError) as exc:
-            raise BuildError(f"COPY failed: {exc}", location(ins)) from None
+            raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
         owner = self._owner(ins.chown, state, env, ins) if ins.chown else (0, 0)
         chmod = self._chmod(ins.chmod, ins) if ins.chmod else None
-        definition = {"op": "COPY", "from": src_key, "sources": sources, "content": digest, "dest": dest,
+        definition = {"op": "ADD" if is_add else "COPY", "from": src_key, "sources": sources, "content": digest, "dest": dest,
                       "owner": list(owner), "chmod": chmod}
 
         def execute(step: Step) -> LayerBlob:
             image = LayeredView(self.store.snapshots.lowerdirs(state.layers))
             try:
                 return self._layer_from(lambda d: copyop.copy_to_layer(
-                    src_view, matched, dest, image=image, layer_dir=d, owner=owner, chmod=chmod))
+                    src_view, matched, dest, image=image, layer_dir=d, owner=owner, chmod=chmod,
+                    extract_archives=is_add))
             except (copyop.CopyError, OSError) as exc:
-                raise BuildError(f"COPY failed: {exc}", location(ins)) from None
+                raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
 
         return definition, execute, _one_line(ins.original)
 

@@ -310,3 +310,30 @@ def test_run_heredocs_script_shebang_and_shell_handled(cli, tmp_path):
     res = cli("run", "heredoc:1", "cat", "/script.txt", "/shebang.txt", "/tabs.txt", "/raw.txt", check=True)
     assert res.stdout.splitlines() == ["script says hello world", "second line", "shebang /dev/stdin",
                                        "indented world", "literal $WHO"]
+
+
+def test_add_extracts_local_archives_and_copies_other_files(cli, tmp_path):
+    ctx = tmp_path / "add"
+    (ctx / "tree" / "sub").mkdir(parents=True)
+    (ctx / "tree" / "sub" / "inner.txt").write_text("from the archive\n")
+    with tarfile.open(ctx / "bundle.tar.gz", "w:gz") as tf:
+        tf.add(ctx / "tree", arcname=".")
+    (ctx / "plain.txt").write_text("plain\n")
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nADD bundle.tar.gz /opt/bundle\nADD plain.txt /opt/\n")
+    cli("-t", "add:1", str(ctx), check=True)
+    res = cli("run", "add:1", "cat", "/opt/bundle/sub/inner.txt", "/opt/plain.txt", check=True)
+    assert res.stdout == "from the archive\nplain\n"
+
+
+def test_add_archive_that_climbs_out_is_refused(cli, tmp_path):
+    ctx = tmp_path / "evil"
+    ctx.mkdir()
+    payload = tmp_path / "payload"
+    payload.write_text("pwned\n")
+    with tarfile.open(ctx / "evil.tar", "w") as tf:
+        tf.add(payload, arcname="../../../../../../tmp/pybuild-evil-add")
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nADD evil.tar /x/\n")
+    res = cli("-t", "evil:1", str(ctx))
+    assert res.code == 1
+    assert re.search(r"Dockerfile:2: ADD failed: cannot extract 'evil.tar'", res.stderr), res.stderr
+    assert not Path("/tmp/pybuild-evil-add").exists()
