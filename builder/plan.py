@@ -56,7 +56,7 @@ def location(node: ast.Instruction) -> str:
     return f"{node.span.file}:{node.span.start_line}"
 
 
-def _stage_index(ref: str, stages: tuple[ast.Stage, ...], before: int) -> int | None:
+def stage_index(ref: str, stages: tuple[ast.Stage, ...], before: int) -> int | None:
     """Index of the stage named (or numbered) `ref` among stages[:before], or None."""
     lowered = ref.lower()
     for s in stages[:before]:
@@ -87,6 +87,37 @@ def _expand(word: str, env: Mapping[str, str], node: ast.Instruction) -> str:
         raise BuildError(str(exc), location(node)) from None
 
 
+NETWORK_MODES = ("default", "none", "host")
+SUPPORTED_PLATFORMS = ("linux/amd64", "linux/x86_64", "linux/amd64/v1")
+
+
+def check_supported(ins: ast.Instruction) -> None:
+    """Refuse, before anything runs, what this version would otherwise ignore or get wrong."""
+    def refuse(what: str) -> None:
+        raise BuildError(f"{what} is not supported by pybuild yet", location(ins))
+
+    if isinstance(ins, ast.Run):
+        if ins.mounts:
+            refuse("RUN --mount")
+        if ins.security not in (None, "sandbox"):
+            refuse(f"RUN --security={ins.security}")
+        if ins.network is not None and ins.network not in NETWORK_MODES:
+            raise BuildError(f"RUN --network={ins.network}: expected one of {', '.join(NETWORK_MODES)}",
+                             location(ins))
+        if ins.has_flag("device"):
+            refuse("RUN --device")
+    elif isinstance(ins, (ast.Copy, ast.Add)):
+        for flag in ("parents", "exclude", "checksum", "keep-git-dir"):
+            if ins.has_flag(flag):
+                refuse(f"{ins.keyword} --{flag}")
+    elif isinstance(ins, ast.From):
+        if ins.platform and ins.platform.lower() not in SUPPORTED_PLATFORMS and "$" not in ins.platform:
+            raise BuildError(f"FROM --platform={ins.platform}: only linux/amd64 can be built on this host",
+                             location(ins))
+    elif isinstance(ins, ast.Onbuild):
+        check_supported(ins.instruction)
+
+
 def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str | None = None) -> BuildPlan:
     stages = dockerfile.stages
     if not stages:
@@ -98,17 +129,21 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
         image = _expand(stage.base.image, global_args, stage.base)
         if not image:
             raise BuildError("FROM names an empty image (an unset ARG?)", location(stage.base))
-        base_stage = _stage_index(image, stages, stage.index)
+        base_stage = stage_index(image, stages, stage.index)
         if base_stage is None and stage.name is not None and image.lower() == stage.name.lower():
             raise BuildError(f"stage {stage.name!r} uses itself as its base", location(stage.base))
         copy_from: list[int] = []
         for ins in stage.instructions:
             if isinstance(ins, ast.Copy) and ins.from_stage:
                 src = ins.from_stage
-                idx = _stage_index(src, stages, stage.index)
-                if idx is None and any((s.name or "").lower() == src.lower() for s in stages[stage.index:]):
-                    raise BuildError(f"COPY --from={src} names a stage that is not defined before this one",
-                                     location(ins))
+                if "$" in src:
+                    raise BuildError(f"COPY --from={src}: variable expansion is not supported for --from, "
+                                     "use an ARG in a FROM line and name that stage", location(ins))
+                idx = stage_index(src, stages, stage.index)
+                later = any((s.name or "").lower() == src.lower() for s in stages[stage.index:])
+                if idx is None and (later or (src.isdigit() and int(src) < len(stages))):
+                    raise BuildError(f"COPY --from={src} names this stage or a later one; "
+                                     "it can only read stages defined before it", location(ins))
                 if idx is not None:
                     copy_from.append(idx)
         plans.append(StagePlan(stage=stage, label=stage.name or str(stage.index),
@@ -119,7 +154,7 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
     if target is None:
         target_index = len(stages) - 1
     else:
-        found = _stage_index(target, stages, len(stages))
+        found = stage_index(target, stages, len(stages))
         if found is None:
             names = ", ".join(s.name for s in stages if s.name) or "none"
             raise BuildError(f"target stage {target!r} not found (stages: {names})", "--target")
@@ -139,6 +174,10 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
 
     visit(target_index)
     ordered = tuple(p for p in plans if p.stage.index in needed)  # earlier stages only depend on earlier ones
+    for p in ordered:
+        check_supported(p.stage.base)
+        for ins in p.stage.instructions:
+            check_supported(ins)
 
     consumed = {name for arg in dockerfile.global_args for name, _ in arg.pairs}
     for p in ordered:

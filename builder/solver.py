@@ -34,12 +34,12 @@ from typing import Mapping
 
 from pybuild.builder import copy as copyop
 from pybuild.builder.keys import step_key
-from pybuild.builder.plan import PROXY_ARGS, BuildPlan, StagePlan, location, plan
+from pybuild.builder.plan import PROXY_ARGS, BuildPlan, StagePlan, check_supported, location, plan, stage_index
 from pybuild.cache.index import CacheRecord
 from pybuild.cache.layers import LayerBlob, write_layer
 from pybuild.cache.view import LayeredView
 from pybuild.errors import BuildError
-from pybuild.grammar import ast, expand_word, expand_words
+from pybuild.grammar import DockerfileError, ast, expand_word, expand_words, parse
 from pybuild.oci.image import ImageRecord, new_config, write_image
 from pybuild.oci.store import ImageNotFound
 from pybuild.progress import Reporter, Step
@@ -51,6 +51,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
 LOG_TAIL_LINES = 40
+_FS_STEPS = (ast.Run, ast.Copy, ast.Add, ast.Workdir)
+_PORT = re.compile(r"\d{1,5}(-\d{1,5})?(/(tcp|udp|sctp))?", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 _LONE_HEREDOC = re.compile(r"<<-?(?P<q>[\"']?)[^\s\"']+(?P=q)")
 
 
@@ -128,57 +132,74 @@ class Solver:
     # -- stages -----------------------------------------------------------------------------------
     def _build_stage(self, sp: StagePlan, bp: BuildPlan, results: dict[int, Future]) -> StageState:
         stage = sp.stage
-        fs_steps = [i for i in stage.instructions if isinstance(i, (ast.Run, ast.Copy, ast.Add, ast.Workdir))]
+        state, unpacked = self._base_state(sp, results)
+        instructions = self._onbuild_triggers(state, sp) + list(stage.instructions)
+        fs_steps = [i for i in instructions if isinstance(i, _FS_STEPS)]
         total = 1 + len(fs_steps)
         prefix = f"[{stage.name} " if stage.name else "["
         counter = iter(range(2, total + 1))
 
         step = Step(self._number(), f"{prefix}1/{total}] FROM {sp.base_image or stage.base.image}")
         self.reporter.step_started(step)
-        state = self._base_state(sp, results, step)
+        if unpacked:
+            self.reporter.step_done(step)
+        else:
+            self.reporter.step_cached(step)
 
-        for ins in stage.instructions:
+        for ins in instructions:
             if self.cancelled.is_set():
                 raise BuildError("build cancelled")
             env = self._expansion_env(state)
-            if isinstance(ins, (ast.Run, ast.Copy, ast.Add, ast.Workdir)):
+            if isinstance(ins, _FS_STEPS):
                 label = f"{prefix}{next(counter)}/{total}] {_one_line(ins.original)}"
                 self._fs_step(ins, label, state, env, sp, results)
             else:
                 self._metadata(ins, state, env, sp)
         return state
 
-    def _base_state(self, sp: StagePlan, results: dict[int, Future], step: Step) -> StageState:
+    def _base_state(self, sp: StagePlan, results: dict[int, Future]) -> tuple[StageState, bool]:
+        """The stage's starting state, and whether base layers had to be unpacked for it."""
         if sp.base_stage is not None:
             parent: StageState = results[sp.base_stage].result()
             state = _copy.deepcopy(parent)
             state.args = {}
-            self.reporter.step_cached(step)
-            return state
+            state.cmd_from_base = True
+            return state, False
         image = sp.base_image
         if image == "scratch":
             cfg = new_config(None)
             cfg["config"]["Env"] = [f"PATH={DEFAULT_PATH}"]
-            self.reporter.step_cached(step)
             return StageState(layers=[], config=cfg, key=step_key(None, {"from": "scratch"}),
-                              shell=list(DEFAULT_SHELL))
+                              shell=list(DEFAULT_SHELL)), False
         try:
             img = self.store.images.image(image)
         except ImageNotFound:
             raise BuildError(f"base image {image!r} not found in the local store "
                              f"(make it with `pybuild import` or `pybuild load`; see `pybuild images`)",
                              location(sp.stage.base)) from None
-        fresh = [l for l in img.layers if not self.store.snapshots.exists(l.diff_id)]
+        fresh = [layer for layer in img.layers if not self.store.snapshots.exists(layer.diff_id)]
         self.store.snapshots.lowerdirs(img.layers)
-        if fresh:
-            self.reporter.step_done(step)
-        else:
-            self.reporter.step_cached(step)
         cfg = new_config(img.config)
         cfg.pop("created", None)
         cfg["config"].setdefault("Env", [f"PATH={DEFAULT_PATH}"])
         return StageState(layers=list(img.layers), config=cfg,
-                          key=step_key(None, {"from": img.manifest_digest}), shell=list(DEFAULT_SHELL))
+                          key=step_key(None, {"from": img.manifest_digest}), shell=list(DEFAULT_SHELL)), bool(fresh)
+
+    def _onbuild_triggers(self, state: StageState, sp: StagePlan) -> list[ast.Instruction]:
+        """The base's ONBUILD triggers, parsed as instructions that run first; the image does not keep them."""
+        triggers = state.config["config"].pop("OnBuild", None) or []
+        if not triggers:
+            return []
+        source = f"ONBUILD triggers of {sp.base_image or sp.stage.base.image}"
+        try:
+            parsed = parse("FROM scratch\n" + "\n".join(triggers) + "\n", source)
+        except DockerfileError as exc:
+            raise BuildError(f"cannot parse the base image's ONBUILD triggers: {exc.message}",
+                             location(sp.stage.base)) from None
+        instructions = list(parsed.stages[0].instructions)
+        for ins in instructions:
+            check_supported(ins)
+        return instructions
 
     # -- variables --------------------------------------------------------------------------------
     def _expansion_env(self, state: StageState) -> dict[str, str]:
@@ -215,10 +236,10 @@ class Solver:
                 env[name] = value
             return  # ARG leaves no history entry
         if isinstance(ins, ast.Env):
+            # Every value sees the environment from before this instruction: `ENV A=1 B=$A` leaves B empty
+            # unless A was already set, as docker does.
             current = _env_dict(state.config)
-            for name, value in ins.pairs:
-                current[name] = x(value)
-                env[name] = current[name]
+            current.update({name: x(value) for name, value in ins.pairs})
             c["Env"] = [f"{k}={v}" for k, v in current.items()]
         elif isinstance(ins, ast.Label):
             labels = c.get("Labels") or {}
@@ -228,8 +249,11 @@ class Solver:
         elif isinstance(ins, ast.Expose):
             ports = c.get("ExposedPorts") or {}
             for word in ins.ports:
-                for port in expand_words(word, env):
-                    ports[port if "/" in port else f"{port}/tcp"] = {}
+                for port in self._expand_list(word, env, ins):
+                    if not _PORT.fullmatch(port):
+                        raise BuildError(f"EXPOSE {port}: expected PORT, PORT/PROTO or a range such as 8000-8010/udp",
+                                         location(ins))
+                    ports[port.lower() if "/" in port else f"{port}/tcp"] = {}
             c["ExposedPorts"] = ports
         elif isinstance(ins, ast.User):
             c["User"] = x(ins.user)
@@ -250,12 +274,48 @@ class Solver:
             c["Volumes"] = vols
         elif isinstance(ins, ast.Shell):
             state.shell = list(ins.args)
+            c["Shell"] = list(ins.args)  # docker's extension field; OCI has none
+        elif isinstance(ins, ast.Healthcheck):
+            c["Healthcheck"] = self._healthcheck(ins, state, env)  # docker's extension field, as BuildKit writes
+        elif isinstance(ins, ast.Onbuild):
+            c["OnBuild"] = (c.get("OnBuild") or []) + [ins.instruction.original]
         elif isinstance(ins, (ast.Maintainer,)):
             state.config["author"] = ins.name
         else:
             raise BuildError(f"{type(ins).__name__.upper()} is not supported by this version of pybuild",
                              location(ins))
         self._history(state, ins, empty_layer=True)
+
+    def _healthcheck(self, ins: ast.Healthcheck, state: StageState, env) -> dict:
+        if ins.command is None:
+            return {"Test": ["NONE"]}
+        if isinstance(ins.command, ast.ExecForm):
+            test = list(ins.command.args)
+            if not test or test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+                test = ["CMD"] + test
+        else:
+            test = ["CMD-SHELL", ins.command.text]
+        out: dict = {"Test": test}
+        for flag, field_name in (("interval", "Interval"), ("timeout", "Timeout"),
+                                 ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
+            value = ins.flag(flag)
+            if value is not None:
+                out[field_name] = self._duration(flag, self._expand(value, env, ins), ins)
+        retries = ins.flag("retries")
+        if retries is not None:
+            retries = self._expand(retries, env, ins)
+            if not retries.isdigit():
+                raise BuildError(f"HEALTHCHECK --retries={retries}: expected a whole number", location(ins))
+            out["Retries"] = int(retries)
+        return out
+
+    def _duration(self, flag: str, text: str, ins) -> int:
+        """A Go duration ("30s", "1m30s", "500ms") in nanoseconds, as docker stores it."""
+        parts = _DURATION.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise BuildError(f"HEALTHCHECK --{flag}={text}: expected a duration such as 30s or 1m30s",
+                             location(ins))
+        return int(sum(float(n) * _DURATION_NS[u] for n, u in parts))
 
     def _command(self, command, state: StageState) -> list[str]:
         if isinstance(command, ast.ExecForm):
@@ -285,7 +345,7 @@ class Solver:
         elif isinstance(ins, ast.Workdir):
             definition, execute, created_by = self._prepare_workdir(ins, state, env)
         else:
-            definition, execute, created_by = self._prepare_copy(ins, state, env, results)
+            definition, execute, created_by = self._prepare_copy(ins, state, env, sp, results)
         key = step_key(state.key, definition)
         record = None if self.opts.no_cache else self.store.index.get(key)
         if record is not None:
@@ -356,9 +416,13 @@ class Solver:
         env = self._run_env(state)
         user = state.config["config"].get("User") or None
         cwd = self._workdir_of(state)
-        network = self.opts.network
+        network = ins.network if ins.network not in (None, "default") else self.opts.network
         definition = {"op": "RUN", "args": args, "env": sorted(f"{k}={v}" for k, v in env.items()),
                       "user": user, "cwd": cwd, "network": network}
+        # Proxy settings reach the step without an ARG line but stay out of the key, as in BuildKit:
+        # a different proxy does not make a different result.
+        proxies = {k: v for k, v in self.opts.build_args.items() if k in PROXY_ARGS and k not in env}
+        run_env = {**env, **proxies}
         if stdin_data is not None:
             definition["stdin"] = stdin_data.decode()
 
@@ -369,8 +433,9 @@ class Solver:
                 upper, overlay_work = work / "upper", work / "work"
                 upper.mkdir()
                 overlay_work.mkdir()
-                spec = ProcessSpec(args=args, env=env, cwd=cwd, user=user, network=network)
-                status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work), stdin_data)
+                spec = ProcessSpec(args=args, env=run_env, cwd=cwd, user=user, network=network)
+                status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work), stdin_data,
+                                                   location(ins))
                 if status.code != 0:
                     how = f"was killed by signal {status.signal}" if status.signal else f"exited {status.code}"
                     raise StepFailed(f"RUN {_one_line(ins.original)[4:]} {how}", location(ins), tail)
@@ -384,7 +449,8 @@ class Solver:
         created_by = "RUN " + " ".join(args) + " # buildkit"
         return definition, execute, created_by
 
-    def _run_streaming(self, step: Step, spec: ProcessSpec, rootfs: RootfsSpec, stdin_data: bytes | None = None):
+    def _run_streaming(self, step: Step, spec: ProcessSpec, rootfs: RootfsSpec, stdin_data: bytes | None,
+                       where: str):
         read_fd, write_fd = os.pipe()
         tail: list[str] = []
         stdin_fd = None
@@ -405,7 +471,7 @@ class Solver:
         try:
             status = sandbox_run(spec, rootfs, stdin=stdin_fd, stdout=write_fd, stderr=write_fd)
         except SandboxError as exc:
-            raise BuildError(f"sandbox: {exc}") from None
+            raise BuildError(str(exc), where) from None
         finally:
             os.close(write_fd)
             if stdin_fd is not None:
@@ -413,7 +479,7 @@ class Solver:
             reader.join()
         return status, tail
 
-    def _prepare_copy(self, ins, state: StageState, env, results: dict[int, Future]):
+    def _prepare_copy(self, ins, state: StageState, env, sp: StagePlan, results: dict[int, Future]):
         sources = [w for word in ins.sources for w in self._expand_list(word, env, ins)]
         is_add = isinstance(ins, ast.Add)
         remote = [s for s in sources if "://" in s or s.startswith("git@")]
@@ -426,7 +492,7 @@ class Solver:
             dest = os.path.join(wd, dest) + ("/" if dest.endswith("/") or dest in (".", "./") else "")
         what = "build context"
         if getattr(ins, "from_stage", None):
-            src_view, src_key, what = self._copy_source(ins, env, results)
+            src_view, src_key, what = self._copy_source(ins, sp, results)
         else:
             src_view, src_key = LayeredView([self.opts.context]), "context"
         try:
@@ -450,14 +516,12 @@ class Solver:
 
         return definition, execute, _one_line(ins.original)
 
-    def _copy_source(self, ins, env, results: dict[int, Future]):
-        name = self._expand(ins.from_stage, env, ins)
-        for idx, fut in results.items():
-            stage = self.opts.dockerfile.stages[idx]
-            if (stage.name and stage.name.lower() == name.lower()) or name == str(idx):
-                other: StageState = fut.result()
-                return (LayeredView(self.store.snapshots.lowerdirs(other.layers)), other.key,
-                        f"stage {name!r}")
+    def _copy_source(self, ins, sp: StagePlan, results: dict[int, Future]):
+        name = ins.from_stage
+        idx = stage_index(name, self.opts.dockerfile.stages, sp.stage.index)
+        if idx is not None:  # plan() made this stage a dependency, so its future exists
+            other: StageState = results[idx].result()
+            return (LayeredView(self.store.snapshots.lowerdirs(other.layers)), other.key, f"stage {name!r}")
         try:
             img = self.store.images.image(name)
         except ImageNotFound:

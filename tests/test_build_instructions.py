@@ -1,0 +1,98 @@
+"""How each instruction lands in the image config and the steps, checked on real builds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from test_build_e2e import _manifest
+
+
+def _build(cli, tmp_path, dockerfile: str, tag: str = "t:1", *extra: str, files: dict | None = None):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        (ctx / name).write_text(text)
+    return cli(*extra, "-t", tag, str(ctx))
+
+
+def _config(cli, tag: str = "t:1") -> dict:
+    digest = _manifest(cli, tag)["config"]["digest"]
+    return json.loads((cli.root / "blobs" / "sha256" / digest.split(":")[1]).read_text())
+
+
+def test_env_values_see_the_environment_from_before_the_instruction(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nENV A=1 B=x$A\nENV C=$A\n")
+    assert res.code == 0, res.stderr
+    env = _config(cli)["config"]["Env"]
+    assert "A=1" in env and "B=x" in env and "C=1" in env
+
+
+def test_healthcheck_onbuild_shell_stopsignal_expose_in_config(cli, tmp_path):
+    res = _build(cli, tmp_path,
+                 "FROM busybox:latest\n"
+                 "HEALTHCHECK --interval=1m30s --timeout=5s --retries=3 CMD wget -q -O- localhost || exit 1\n"
+                 "ONBUILD RUN echo triggered > /onbuild.txt\n"
+                 "SHELL [\"/bin/sh\", \"-ec\"]\n"
+                 "STOPSIGNAL SIGQUIT\n"
+                 "EXPOSE 80 53/udp 8000-8001/tcp\n")
+    assert res.code == 0, res.stderr
+    c = _config(cli)["config"]
+    assert c["Healthcheck"] == {"Test": ["CMD-SHELL", "wget -q -O- localhost || exit 1"],
+                                "Interval": 90_000_000_000, "Timeout": 5_000_000_000, "Retries": 3}
+    assert c["OnBuild"] == ["RUN echo triggered > /onbuild.txt"]
+    assert c["Shell"] == ["/bin/sh", "-ec"]
+    assert c["StopSignal"] == "SIGQUIT"
+    assert set(c["ExposedPorts"]) == {"80/tcp", "53/udp", "8000-8001/tcp"}
+
+
+def test_onbuild_triggers_run_in_the_child_and_are_not_inherited(cli, tmp_path):
+    _build(cli, tmp_path, "FROM busybox:latest\nONBUILD RUN echo triggered > /onbuild.txt\n", "parent:1")
+    res = _build(cli, tmp_path, "FROM parent:1\nRUN cat /onbuild.txt\n", "child:1")
+    assert res.code == 0, res.stderr
+    assert "triggered" in res.stderr
+    assert "OnBuild" not in _config(cli, "child:1")["config"]
+
+
+def test_copy_from_own_stage_number_is_an_error_not_a_hang(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nCOPY --from=0 /etc/passwd /p\n")
+    assert res.code == 1
+    assert "Dockerfile:2: COPY --from=0 names this stage or a later one" in res.stderr
+
+
+def test_unsupported_flags_fail_before_any_step_runs(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nRUN echo first-step-ran\nRUN --mount=type=cache,target=/c true\n")
+    assert res.code == 1
+    assert "Dockerfile:3: RUN --mount is not supported by pybuild yet" in res.stderr
+    assert "first-step-ran" not in res.stderr
+
+
+def test_bad_expose_and_healthcheck_values_name_the_line(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nEXPOSE abc\n")
+    assert res.code == 1 and "Dockerfile:2: EXPOSE abc" in res.stderr
+    res = _build(cli, tmp_path, "FROM busybox:latest\nHEALTHCHECK --interval=soon CMD true\n")
+    assert res.code == 1 and "Dockerfile:2: HEALTHCHECK --interval=soon" in res.stderr
+
+
+def test_run_network_flag_per_step(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nRUN --network=host cat /proc/net/dev\nRUN cat /proc/net/dev\n")
+    assert res.code == 0, res.stderr
+    blocks = re.split(r"#\d+ \[\d/3\] RUN", res.stderr)
+    host_ifaces = {line.split(":")[0].strip() for line in open("/proc/net/dev").read().splitlines()[2:]}
+    assert all(iface in blocks[1] for iface in host_ifaces)
+    assert re.findall(r"^#\d+ [\d.]+ +(\w+):", blocks[2], re.M) == ["lo"]
+
+
+def test_proxy_build_args_reach_run_without_arg_and_do_not_change_the_key(cli, tmp_path):
+    df = "FROM busybox:latest\nRUN echo \"proxy=[$http_proxy]\"\n"
+    res = _build(cli, tmp_path, df, "t:1", "--build-arg", "http_proxy=http://127.0.0.1:3128")
+    assert "proxy=[http://127.0.0.1:3128]" in res.stderr
+    res = _build(cli, tmp_path, df, "t:1", "--build-arg", "http_proxy=http://127.0.0.1:9999")
+    assert "#2 CACHED" in res.stderr
+
+
+def test_unknown_user_names_the_run_line(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nUSER ghost\nRUN true\n")
+    assert res.code == 1
+    assert re.search(r"Dockerfile:3: .*ghost", res.stderr), res.stderr
