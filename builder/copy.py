@@ -37,7 +37,8 @@ class CopyError(Exception):
 @dataclass(frozen=True)
 class Source:
     pattern: str        # as written (after variable expansion)
-    entry: Entry        # the matched entry (symlinks in the path resolved; the final one kept)
+    name: str           # the matched name, which a file keeps at the destination
+    entry: Entry        # what it resolves to: symlinks followed inside the view, as BuildKit does for sources
 
 
 def _has_glob(s: str) -> bool:
@@ -68,11 +69,11 @@ def match_sources(view: LayeredView, patterns: Iterable[str], what: str) -> list
         matches = _glob(view, rel) if _has_glob(rel) else [rel]
         found = False
         for m in matches:
-            entry = view.lookup(m, follow_final=False)
+            entry = view.lookup(m, follow_final=True)
             if entry is None:
                 continue
             found = True
-            out.append(Source(pattern, entry))
+            out.append(Source(pattern, PurePosixPath(m).name or "/", entry))
         if not found:
             raise CopyError(_not_found_message(view, pattern, what))
     return out
@@ -131,10 +132,6 @@ def content_digest(view: LayeredView, sources: list[Source]) -> str:
 def _entries_of(view: LayeredView, src: Source):
     """(relative name, entry) pairs COPY writes for one source: the entry, or a dir's contents."""
     entry = src.entry
-    if stat.S_ISLNK(entry.st.st_mode) and src.pattern.endswith("/"):
-        followed = view.lookup(entry.path, follow_final=True)
-        if followed is not None:
-            entry = followed
     if stat.S_ISDIR(entry.st.st_mode):
         base = entry.path.rstrip("/")
         for child in view.walk(entry.path):
@@ -203,7 +200,7 @@ def copy_to_layer(
             continue
         for rel, entry in _entries_of(view, src):
             if rel is None:
-                name = PurePosixPath(entry.path).name if dest_is_dir else resolved[-1]
+                name = src.name if dest_is_dir else resolved[-1]
                 out = layer_dir.joinpath(*target_dir, name)
             else:
                 out = layer_dir.joinpath(*target_dir, *rel.split("/"))

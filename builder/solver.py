@@ -24,6 +24,7 @@ import copy as _copy
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +53,7 @@ DEFAULT_SHELL = ["/bin/sh", "-c"]
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
 LOG_TAIL_LINES = 40
 _FS_STEPS = (ast.Run, ast.Copy, ast.Add, ast.Workdir)
+_VARIABLE = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*")
 _PORT = re.compile(r"\d{1,5}(-\d{1,5})?(/(tcp|udp|sctp))?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
@@ -338,6 +340,15 @@ class Solver:
     # -- filesystem steps -------------------------------------------------------------------------
     def _fs_step(self, ins, label: str, state: StageState, env: dict[str, str], sp: StagePlan,
                  results: dict[int, Future]) -> None:
+        cleanup: list[Path] = []
+        try:
+            self._fs_step_in(ins, label, state, env, sp, results, cleanup)
+        finally:
+            for path in cleanup:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _fs_step_in(self, ins, label: str, state: StageState, env: dict[str, str], sp: StagePlan,
+                    results: dict[int, Future], cleanup: list[Path]) -> None:
         step = Step(self._number(), label)
         self.reporter.step_started(step)
         if isinstance(ins, ast.Run):
@@ -345,7 +356,7 @@ class Solver:
         elif isinstance(ins, ast.Workdir):
             definition, execute, created_by = self._prepare_workdir(ins, state, env)
         else:
-            definition, execute, created_by = self._prepare_copy(ins, state, env, sp, results)
+            definition, execute, created_by = self._prepare_copy(ins, state, env, sp, results, cleanup)
         key = step_key(state.key, definition)
         record = None if self.opts.no_cache else self.store.index.get(key)
         if record is not None:
@@ -479,7 +490,10 @@ class Solver:
             reader.join()
         return status, tail
 
-    def _prepare_copy(self, ins, state: StageState, env, sp: StagePlan, results: dict[int, Future]):
+    def _prepare_copy(self, ins, state: StageState, env, sp: StagePlan, results: dict[int, Future],
+                      cleanup: list[Path]):
+        if ins.heredocs:
+            return self._prepare_copy_heredocs(ins, state, env, cleanup)
         sources = [w for word in ins.sources for w in self._expand_list(word, env, ins)]
         is_add = isinstance(ins, ast.Add)
         remote = [s for s in sources if "://" in s or s.startswith("git@")]
@@ -495,6 +509,38 @@ class Solver:
             src_view, src_key, what = self._copy_source(ins, sp, results)
         else:
             src_view, src_key = LayeredView([self.opts.context]), "context"
+        return self._copy_step(ins, state, env, src_view, src_key, what, sources, dest)
+
+    def _prepare_copy_heredocs(self, ins, state: StageState, env, cleanup: list[Path]):
+        """`COPY <<EOF /dest`: each heredoc becomes a file named after its delimiter, as in BuildKit.
+
+        Unquoted delimiters get $VAR / ${VAR...} expanded with the build's values; quotes in the
+        body are kept, since the body is file content, not a shell word.
+        """
+        markers = [w for w in ins.sources if w.startswith("<<")]
+        if len(markers) != len(ins.sources):
+            raise BuildError(f"{ins.keyword}: heredocs and files cannot be mixed in one instruction",
+                             location(ins))
+        tmp = Path(tempfile.mkdtemp(prefix="heredoc-", dir=self.store.snapshots.new_work_dir()))
+        cleanup.append(tmp.parent)
+        mtime = self.opts.source_date_epoch or 0
+        for h in ins.heredocs:
+            body = h.chomped_content if h.chomp else h.content
+            if h.expand:
+                body = _VARIABLE.sub(lambda m: self._expand(m.group(0), env, ins), body)
+            path = tmp / h.name
+            path.write_text(body, encoding="utf-8")
+            os.chmod(path, 0o644)
+            os.utime(path, (mtime, mtime))
+        dest = self._expand(ins.dest, env, ins)
+        if not dest.startswith("/"):
+            dest = os.path.join(self._workdir_of(state), dest) + ("/" if dest.endswith("/") else "")
+        return self._copy_step(ins, state, env, LayeredView([tmp]), "heredoc", "heredocs",
+                               [h.name for h in ins.heredocs], dest)
+
+    def _copy_step(self, ins, state: StageState, env, src_view: LayeredView, src_key: str, what: str,
+                   sources: list[str], dest: str):
+        is_add = isinstance(ins, ast.Add)
         try:
             matched = copyop.match_sources(src_view, sources, what)
             digest = copyop.content_digest(src_view, matched)
@@ -502,8 +548,8 @@ class Solver:
             raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
         owner = self._owner(ins.chown, state, env, ins) if ins.chown else (0, 0)
         chmod = self._chmod(ins.chmod, ins) if ins.chmod else None
-        definition = {"op": "ADD" if is_add else "COPY", "from": src_key, "sources": sources, "content": digest, "dest": dest,
-                      "owner": list(owner), "chmod": chmod}
+        definition = {"op": "ADD" if is_add else "COPY", "from": src_key, "sources": sources, "content": digest,
+                      "dest": dest, "owner": list(owner), "chmod": chmod}
 
         def execute(step: Step) -> LayerBlob:
             image = LayeredView(self.store.snapshots.lowerdirs(state.layers))

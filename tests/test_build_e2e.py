@@ -229,10 +229,23 @@ def test_copy_through_a_context_symlink_never_reads_the_host(cli, tmp_path):
     res = cli("-t", "links:1", str(ctx))
     assert res.code == 1
     assert "'hostetc/passwd' not found in the build context" in res.stderr
-    # The link itself is copied as a link.
+    # A source symlink is followed, inside the context: /etc of the context does not exist.
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY hostetc /z\n")
-    cli("-t", "links:1", str(ctx), check=True)
-    assert cli("run", "links:1", "readlink", "/z", check=True).stdout.strip() == "/etc"
+    res = cli("-t", "links:1", str(ctx))
+    assert res.code == 1 and "'hostetc' not found in the build context" in res.stderr
+
+
+def test_copy_follows_source_symlinks_but_keeps_links_inside_dirs(cli, tmp_path):
+    ctx = tmp_path / "follow"
+    (ctx / "real").mkdir(parents=True)
+    (ctx / "real" / "r.txt").write_text("r\n")
+    os.symlink("r.txt", ctx / "real" / "inner-link")
+    os.symlink("real/r.txt", ctx / "link.txt")
+    os.symlink("real", ctx / "linkdir")
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY link.txt /a/\nCOPY linkdir /b/\n")
+    cli("-t", "follow:1", str(ctx), check=True)
+    res = cli("run", "follow:1", "sh", "-c", "cat /a/link.txt; ls /b; readlink /b/inner-link", check=True)
+    assert res.stdout.split() == ["r", "inner-link", "r.txt", "r.txt"]
 
 
 def test_copy_onto_a_symlink_in_the_image_stays_in_the_image(cli, tmp_path):

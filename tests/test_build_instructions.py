@@ -96,3 +96,21 @@ def test_unknown_user_names_the_run_line(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nUSER ghost\nRUN true\n")
     assert res.code == 1
     assert re.search(r"Dockerfile:3: .*ghost", res.stderr), res.stderr
+
+
+def test_copy_heredocs_become_files(cli, tmp_path):
+    res = _build(cli, tmp_path,
+                 "FROM busybox:latest\n"
+                 "ARG WHO=world\n"
+                 "COPY <<EOF /greeting.txt\n"
+                 "hello \"$WHO\"\n"
+                 "EOF\n"
+                 "COPY --chmod=0755 <<'RAW' <<EOF2 /opt/\n"
+                 "#!/bin/sh\n"
+                 "echo $WHO\n"
+                 "RAW\n"
+                 "two\n"
+                 "EOF2\n")
+    assert res.code == 0, res.stderr
+    out = cli("run", "t:1", "sh", "-c", "cat /greeting.txt /opt/RAW /opt/EOF2; stat -c %a /opt/RAW", check=True)
+    assert out.stdout.splitlines() == ['hello "world"', "#!/bin/sh", "echo $WHO", "two", "755"]
