@@ -109,6 +109,10 @@ def _glob(view: LayeredView, pattern: str) -> list[str]:
 
 
 def _not_found_message(view: LayeredView, pattern: str, what: str) -> str:
+    why_missing = getattr(view, "why_missing", None)
+    reason = why_missing(pattern) if why_missing else None
+    if reason:
+        return f"{pattern!r} is not available in the {what}: {reason}"
     parent = _norm(str(PurePosixPath("/" + pattern).parent))
     try:
         names = view.listdir(parent)

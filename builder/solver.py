@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Mapping
 
 from pybuild.builder import copy as copyop
+from pybuild.builder.context import ContextView
+from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.builder.keys import step_key
 from pybuild.builder.plan import PROXY_ARGS, BuildPlan, StagePlan, check_supported, location, plan, stage_index
 from pybuild.cache.index import CacheRecord
@@ -70,6 +72,8 @@ class BuildOptions:
     no_cache: bool = False
     network: str = "none"
     source_date_epoch: int | None = None
+    ignore: DockerIgnore | None = None
+    ignore_file: str = ".dockerignore"
 
 
 @dataclass
@@ -100,6 +104,7 @@ class Solver:
         self._number_lock = threading.Lock()
         self.cancelled = threading.Event()
         self._created = _created(options.source_date_epoch)
+        self.context_view = ContextView(options.context, options.ignore, options.ignore_file)
 
     # -- entry point ------------------------------------------------------------------------------
     def solve(self) -> ImageRecord:
@@ -508,7 +513,7 @@ class Solver:
         if getattr(ins, "from_stage", None):
             src_view, src_key, what = self._copy_source(ins, sp, results)
         else:
-            src_view, src_key = LayeredView([self.opts.context]), "context"
+            src_view, src_key = self.context_view, "context"
         return self._copy_step(ins, state, env, src_view, src_key, what, sources, dest)
 
     def _prepare_copy_heredocs(self, ins, state: StageState, env, cleanup: list[Path]):

@@ -24,6 +24,8 @@ class DockerfileError(Exception):
     def __str__(self) -> str:
         head = f"{self.filename}:{self.line}:{self.col}: {self.message}"
         src = self.source_line
+        if not src.strip():
+            return head  # nothing to point at (an empty file, a missing line)
         # keep tabs in the caret's indentation so it lines up under tab-indented source
         pad = "".join("\t" if c == "\t" else " " for c in src[: max(self.col - 1, 0)])
         pad += " " * max(self.col - 1 - len(src), 0)

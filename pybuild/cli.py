@@ -162,8 +162,10 @@ def cmd_build(args) -> int:
     except DockerfileError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    ignore, ignore_file = _dockerignore(context, dockerfile_path)
     sde = os.environ.get("SOURCE_DATE_EPOCH")
-    options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag,
+    options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag, ignore=ignore,
+                           ignore_file=ignore_file,
                            build_args=_build_args(args.build_arg), target=args.target,
                            no_cache=args.no_cache, network=args.network,
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
@@ -183,6 +185,19 @@ def cmd_build(args) -> int:
         for tag in args.tag:
             print(f"naming to {tag} done", file=sys.stderr)
     return 0
+
+
+def _dockerignore(context: Path, dockerfile: Path):
+    from pybuild.builder.context import find_ignore_file
+    from pybuild.builder.dockerignore import DockerIgnore
+
+    path = find_ignore_file(context, dockerfile)
+    if path is None:
+        return None, ".dockerignore"
+    try:
+        return DockerIgnore.parse(path.read_text(encoding="utf-8", errors="replace")), str(path)
+    except ValueError as exc:  # "line N: reason"
+        raise PybuildError(f"{path}:{str(exc).removeprefix('line ')}") from None
 
 
 def _image_id(store, manifest_digest: str) -> str:

@@ -350,3 +350,35 @@ def test_add_archive_that_climbs_out_is_refused(cli, tmp_path):
     assert res.code == 1
     assert re.search(r"Dockerfile:2: ADD failed: cannot extract 'evil.tar'", res.stderr), res.stderr
     assert not Path("/tmp/pybuild-evil-add").exists()
+
+
+def test_dockerignore_hides_files_from_copy_and_from_the_cache_key(cli, tmp_path):
+    ctx = tmp_path / "ign"
+    (ctx / "logs").mkdir(parents=True)
+    (ctx / "logs" / "a.log").write_text("log\n")
+    (ctx / "logs" / "keep.txt").write_text("kept\n")
+    (ctx / "secret.txt").write_text("s3cret\n")
+    (ctx / "app.txt").write_text("app\n")
+    (ctx / ".dockerignore").write_text("# comment\nsecret.txt\nlogs\n!logs/keep.txt\n")
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY . /c/\nRUN find /c | sort\n")
+    res = cli("-t", "ign:1", str(ctx), check=True)
+    listed = re.findall(r"^#\d+ [\d.]+ (/c\S*)$", res.stderr, re.M)
+    assert listed == ["/c", "/c/.dockerignore", "/c/Dockerfile", "/c/app.txt", "/c/logs", "/c/logs/keep.txt"]
+    (ctx / "secret.txt").write_text("changed, but ignored\n")
+    assert all(v == "CACHED" for v in _steps(cli("-t", "ign:1", str(ctx), check=True).stderr).values())
+
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY secret.txt /s\n")
+    res = cli("-t", "ign:1", str(ctx))
+    assert res.code == 1
+    assert "'secret.txt' is not available in the build context: it is excluded by" in res.stderr
+    assert ".dockerignore line 2: secret.txt" in res.stderr
+
+
+def test_bad_dockerignore_pattern_names_file_and_line(cli, tmp_path):
+    ctx = tmp_path / "badign"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\n")
+    (ctx / ".dockerignore").write_text("ok\n[\n")
+    res = cli("-t", "badign:1", str(ctx))
+    assert res.code == 1
+    assert f"ERROR: {ctx}/.dockerignore:2: syntax error in pattern" in res.stderr
