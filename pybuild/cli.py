@@ -8,7 +8,9 @@ container's status, or 125 when pybuild itself fails (as docker does).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import signal
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -17,7 +19,7 @@ from pathlib import Path
 from pybuild import __version__
 from pybuild.errors import PybuildError, UsageError
 
-COMMANDS = ("build", "images", "import", "save", "run", "help")
+COMMANDS = ("build", "images", "import", "load", "save", "run", "help")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("-c", "--change", action="append", default=[],
                     help="Dockerfile instruction applied to the config: CMD, ENTRYPOINT, ENV, WORKDIR, USER")
 
+    ld = sub.add_parser("load", help="load images from an OCI image-layout tarball",
+                        description="Example: pybuild load -i hello.tar")
+    ld.add_argument("-i", "--input", required=True, help="tarball to read (- for stdin)")
+
     s = sub.add_parser("save", help="write images to an OCI image-layout tarball")
     s.add_argument("-o", "--output", required=True, help="tarball to write")
     s.add_argument("images", nargs="+", help="NAME[:TAG]")
@@ -90,6 +96,10 @@ def _normalise_argv(argv: list[str]) -> list[str]:
             return argv
         if a in COMMANDS:
             return argv
+        if not a.startswith("-") and not os.path.exists(a):
+            near = difflib.get_close_matches(a, COMMANDS, n=1, cutoff=0.6)
+            if near:
+                raise UsageError(f"unknown command {a!r} (did you mean {near[0]}?)")
         return argv[:i] + ["build"] + argv[i:]
     return argv
 
@@ -102,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in (None, "help"):
             parser.print_help()
             return 0
-        handler = {"build": cmd_build, "images": cmd_images, "import": cmd_import,
+        handler = {"build": cmd_build, "images": cmd_images, "import": cmd_import, "load": cmd_load,
                    "save": cmd_save, "run": cmd_run}[args.command]
+        if args.command != "run":  # run forwards SIGTERM to the container instead
+            signal.signal(signal.SIGTERM, _terminate)
         return handler(args)
     except UsageError as exc:
         print(f"pybuild: {exc}" if not str(exc).startswith("pybuild") else str(exc), file=sys.stderr)
@@ -114,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ERROR: interrupted: running steps were stopped, nothing was tagged", file=sys.stderr)
         return 130
+    except Terminated:
+        print("ERROR: terminated: running steps were stopped, nothing was tagged", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so cleanup runs as it does for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def _store(args):
@@ -300,6 +323,26 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_load(args) -> int:
+    from pybuild.cache.content import DigestMismatch
+    from pybuild.oci.archive import ArchiveError, load_oci_archive
+
+    store = _store(args)
+    if args.input == "-":
+        source = sys.stdin.buffer
+    else:
+        source = Path(args.input)
+        if not source.is_file():
+            raise PybuildError(f"load: {args.input}: no such file")
+    try:
+        loaded = load_oci_archive(source, store.content, store.images)
+    except (ArchiveError, DigestMismatch, ValueError, OSError) as exc:
+        raise PybuildError(f"load {args.input}: {exc}") from None
+    for ref, digest in loaded:
+        print(f"Loaded image: {ref}" if ref else f"Loaded image ID: {_image_id(store, digest)}")
+    return 0
+
+
 def cmd_save(args) -> int:
     from pybuild.oci.archive import save_oci_archive
     from pybuild.oci.reference import parse_reference
@@ -312,7 +355,10 @@ def cmd_save(args) -> int:
             images.append((parse_reference(name), store.images.resolve(name)))
         except (ImageNotFound, ValueError) as exc:
             raise PybuildError(str(exc).strip('"')) from None
-    save_oci_archive(store.content, images, Path(args.output))
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise PybuildError(f"save -o {args.output}: directory {str(out.parent)!r} does not exist")
+    save_oci_archive(store.content, images, out)
     return 0
 
 

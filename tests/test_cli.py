@@ -1,0 +1,82 @@
+"""Command-line contract: subcommands, usage errors (exit 2), load/save round trip, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLES, PybuildCLI, mountinfo
+
+
+def test_version_and_help():
+    cli = PybuildCLI(Path("/nonexistent"))
+    assert cli("--version").stdout.startswith("pybuild ")
+    res = cli("help")
+    assert res.code == 0 and "build" in res.stdout and "run" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["image"], "unknown command 'image' (did you mean images?)"),
+    (["build"], "the following arguments are required: context"),
+    (["build", "--network=bridge", "."], "invalid choice: 'bridge'"),
+    (["save", "hello:1.0"], "the following arguments are required: -o/--output"),
+])
+def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
+    res = PybuildCLI(tmp_path / "store")(*args, cwd=tmp_path)
+    assert res.code == 2, res.output
+    assert message in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 3  # argparse's usage line + the message
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_tag_is_a_usage_error(cli):
+    res = cli("-t", "UPPER:1", str(SAMPLES / "hello"))
+    assert res.code == 2
+    assert "-t UPPER:1" in res.stderr and "lowercase" in res.stderr
+
+
+def test_save_then_load_into_an_empty_store_runs(cli, tmp_path):
+    cli("-t", "hello:1.0", str(SAMPLES / "hello"), check=True)
+    archive = tmp_path / "hello.tar"
+    cli("save", "-o", str(archive), "hello:1.0", check=True)
+    other = PybuildCLI(tmp_path / "other-store")
+    assert "Loaded image: hello:1.0" in other("load", "-i", str(archive), check=True).stdout
+    assert "Hello from pybuild" in other("run", "hello:1.0", check=True).stdout
+
+
+def test_load_of_a_truncated_archive_fails_and_tags_nothing(cli, tmp_path):
+    cli("-t", "hello:1.0", str(SAMPLES / "hello"), check=True)
+    archive = tmp_path / "hello.tar"
+    cli("save", "-o", str(archive), "hello:1.0", check=True)
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    other = PybuildCLI(tmp_path / "other-store")
+    res = other("load", "-i", str(archive))
+    assert res.code == 1 and res.stderr.startswith("ERROR: load ")
+    assert "hello" not in other("images").stdout
+
+
+def test_sigterm_mid_build_cleans_up_like_ctrl_c(cli, tmp_path):
+    ctx = tmp_path / "slow"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nRUN echo started && sleep 988\n")
+    before = mountinfo()
+    proc = subprocess.Popen([sys.executable, "-m", "pybuild", "-t", "slow:1", str(ctx)], env=cli.env(),
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.rstrip().endswith("started"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 143, rest
+    assert "terminated" in rest
+    assert mountinfo() == before
+    work_dirs = cli.root / "tmp"
+    assert not work_dirs.exists() or not any(work_dirs.iterdir())
+    assert not any("sleep 988" in open(f"/proc/{p}/cmdline").read().replace("\0", " ")
+                   for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/cmdline"))
