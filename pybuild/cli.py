@@ -19,7 +19,10 @@ from pathlib import Path
 from pybuild import __version__
 from pybuild.errors import PybuildError, UsageError
 
-COMMANDS = ("build", "images", "import", "load", "save", "run", "help")
+from pybuild.commands import discover as _discover_commands
+
+PLUGINS = {mod.NAME: mod for mod in _discover_commands()}
+COMMANDS = ("build", "images", "import", "load", "save", "run", "help", *PLUGINS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("image")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
 
+    for mod in PLUGINS.values():
+        mod.add_parser(sub)
+
     sub.add_parser("help", help="show this help")
     return p
 
@@ -112,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in (None, "help"):
             parser.print_help()
             return 0
-        handler = {"build": cmd_build, "images": cmd_images, "import": cmd_import, "load": cmd_load,
-                   "save": cmd_save, "run": cmd_run}[args.command]
+        builtin = {"build": cmd_build, "images": cmd_images, "import": cmd_import, "load": cmd_load,
+                   "save": cmd_save, "run": cmd_run}
+        if args.command in builtin:
+            handler = builtin[args.command]
+        else:
+            plugin = PLUGINS[args.command]
+            handler = lambda a: plugin.run(a, lambda: _store(a))  # noqa: E731
         if args.command != "run":  # run forwards SIGTERM to the container instead
             signal.signal(signal.SIGTERM, _terminate)
         return handler(args)
