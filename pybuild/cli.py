@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("images", help="list images in the local store")
     i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+    i.add_argument("--digests", action="store_true", help="show manifest digests")
 
     im = sub.add_parser("import", help="make a one-layer image from a rootfs directory or tarball",
                         description="Like docker import. Example: pybuild import ./rootfs busybox:latest")
@@ -271,13 +272,16 @@ def cmd_images(args) -> int:
     for ref, manifest_digest in store.images.list():
         img = store.images.image(str(ref))
         size = sum(layer.size for layer in img.layers)
-        rows.append((ref.name, ref.tag, img.id.split(":", 1)[1][:12], _ago(img.config.get("created")),
-                     _human_size(size)))
+        row = [ref.name, ref.tag, img.id.split(":", 1)[1][:12], _ago(img.config.get("created")), _human_size(size)]
+        if args.digests:
+            row.insert(2, manifest_digest)
+        rows.append(tuple(row))
     if args.quiet:
         for r in rows:
-            print(r[2])
+            print(r[3 if args.digests else 2])
         return 0
-    header = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
+    header = ("REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE") if args.digests else (
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for r in [header, *rows]:
         print("   ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())

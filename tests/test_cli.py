@@ -80,3 +80,13 @@ def test_sigterm_mid_build_cleans_up_like_ctrl_c(cli, tmp_path):
     assert not work_dirs.exists() or not any(work_dirs.iterdir())
     assert not any("sleep 988" in open(f"/proc/{p}/cmdline").read().replace("\0", " ")
                    for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/cmdline"))
+
+
+def test_images_digests_and_quiet(cli):
+    out = cli("images", "--digests", check=True).stdout.splitlines()
+    assert out[0].split()[:3] == ["REPOSITORY", "TAG", "DIGEST"]
+    index = __import__("json").loads((cli.root / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    assert any(digest in line for line in out[1:])
+    ids = cli("images", "-q", check=True).stdout.split()
+    assert ids and all(len(i) == 12 for i in ids)
