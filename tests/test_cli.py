@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -85,7 +86,7 @@ def test_sigterm_mid_build_cleans_up_like_ctrl_c(cli, tmp_path):
 def test_images_digests_and_quiet(cli):
     out = cli("images", "--digests", check=True).stdout.splitlines()
     assert out[0].split()[:3] == ["REPOSITORY", "TAG", "DIGEST"]
-    index = __import__("json").loads((cli.root / "index.json").read_text())
+    index = json.loads((cli.root / "index.json").read_text())
     digest = index["manifests"][0]["digest"]
     assert any(digest in line for line in out[1:])
     ids = cli("images", "-q", check=True).stdout.split()
