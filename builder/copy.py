@@ -123,13 +123,24 @@ def _not_found_message(view: LayeredView, pattern: str, what: str) -> str:
     return f"{pattern!r} not found in the {what}{hint}"
 
 
-def content_digest(view: LayeredView, sources: list[Source]) -> str:
-    """sha256 over what COPY would write, mtimes excluded: the content part of the cache key."""
-    h = hashlib.sha256()
+def content_manifest(view: LayeredView, sources: list[Source]) -> list[tuple[str, str, str]]:
+    """(source pattern, path, sha256 of the entry's name, type, mode, link target and content) for
+    everything COPY would write, mtimes excluded."""
+    out = []
     for src in sources:
-        h.update(b"S" + src.pattern.encode() + b"\0")
         for rel, entry in _entries_of(view, src):
+            h = hashlib.sha256()
             _hash_entry(h, rel, entry)
+            path = entry.path.strip("/") if rel is None else f"{entry.path.strip('/')}/{rel}".lstrip("/")
+            out.append((src.pattern, path, h.hexdigest()))
+    return out
+
+
+def content_digest(manifest: list[tuple[str, str, str]]) -> str:
+    """The content part of a COPY's cache key, from its `content_manifest`."""
+    h = hashlib.sha256()
+    for pattern, path, digest in manifest:
+        h.update(f"{pattern}\0{path}\0{digest}\n".encode())
     return "sha256:" + h.hexdigest()
 
 

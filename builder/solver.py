@@ -31,11 +31,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple
 
 from pybuild.builder import copy as copyop
 from pybuild.builder.context import ContextView
 from pybuild.builder.dockerignore import DockerIgnore
+from pybuild.builder.explain import MissExplainer
 from pybuild.builder.keys import step_key
 from pybuild.builder.plan import PROXY_ARGS, BuildPlan, StagePlan, check_supported, location, plan, stage_index
 from pybuild.cache.index import CacheRecord
@@ -89,6 +90,15 @@ class StageState:
     rebuilt: bool = False                                      # a step of this stage (or its base) ran
 
 
+class Prepared(NamedTuple):
+    """A filesystem step, ready to key and (on a miss) to execute."""
+
+    definition: dict                     # what the cache key is derived from
+    execute: Callable[[Step], LayerBlob | None]
+    created_by: str                      # the history entry's text
+    files: dict[str, str] | None = None  # for COPY/ADD: path -> digest, to name changed files on a miss
+
+
 class StepFailed(BuildError):
     def __init__(self, message: str, location: str, log_tail: list[str]):
         super().__init__(message, location)
@@ -105,6 +115,7 @@ class Solver:
         self.cancelled = threading.Event()
         self._created = _created(options.source_date_epoch)
         self.context_view = ContextView(options.context, options.ignore, options.ignore_file)
+        self.explainer = MissExplainer(store.root)
 
     # -- entry point ------------------------------------------------------------------------------
     def solve(self) -> ImageRecord:
@@ -357,20 +368,19 @@ class Solver:
         step = Step(self._number(), label)
         self.reporter.step_started(step)
         if isinstance(ins, ast.Run):
-            definition, execute, created_by = self._prepare_run(ins, state)
+            prepared = self._prepare_run(ins, state)
         elif isinstance(ins, ast.Workdir):
-            definition, execute, created_by = self._prepare_workdir(ins, state, env)
+            prepared = self._prepare_workdir(ins, state, env)
         else:
-            definition, execute, created_by = self._prepare_copy(ins, state, env, sp, results, cleanup)
+            prepared = self._prepare_copy(ins, state, env, sp, results, cleanup)
+        definition, execute, created_by, files = prepared
         key = step_key(state.key, definition)
         record = None if self.opts.no_cache else self.store.index.get(key)
         if record is not None:
             self.reporter.step_cached(step)
         else:
-            reason = ("--no-cache" if self.opts.no_cache else
-                      "an earlier step was rebuilt" if state.rebuilt else
-                      "no cache record for this step (new or changed instruction or input)")
-            self.reporter.step_miss(step, reason)
+            self.reporter.step_miss(step, self._miss_reason(state, ins, definition, files))
+            self.explainer.remember(state.key, ins.original, definition, files)
             started = time.monotonic()
             layer = execute(step)
             record = CacheRecord(key=key, layer=layer, created=self._created_now(),
@@ -382,6 +392,14 @@ class Solver:
         if record.layer is not None:
             state.layers.append(record.layer)
         self._history(state, ins, empty_layer=record.layer is None, created_by=created_by)
+
+    def _miss_reason(self, state: StageState, ins, definition: dict, files: dict[str, str] | None) -> str:
+        if self.opts.no_cache:
+            return "--no-cache"
+        if state.rebuilt:
+            return "an earlier step was rebuilt"
+        return (self.explainer.explain(state.key, ins.original, definition, files)
+                or "not built before with these inputs (new instruction, base or earlier step)")
 
     def _created_now(self) -> str:
         return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -404,7 +422,7 @@ class Solver:
                 return None
             return self._layer_from(lambda d: copyop.copy_to_layer(view, [], path + "/", image=view, layer_dir=d))
 
-        return definition, execute, f"WORKDIR {path}"
+        return Prepared(definition, execute, f"WORKDIR {path}")
 
     def _run_command(self, ins: ast.Run, state: StageState) -> tuple[list[str], bytes | None]:
         """argv of a RUN, and what to feed its stdin (for a heredoc script with a #! line).
@@ -463,7 +481,7 @@ class Solver:
                 shutil.rmtree(work, ignore_errors=True)
 
         created_by = "RUN " + " ".join(args) + " # buildkit"
-        return definition, execute, created_by
+        return Prepared(definition, execute, created_by)
 
     def _run_streaming(self, step: Step, spec: ProcessSpec, rootfs: RootfsSpec, stdin_data: bytes | None,
                        where: str):
@@ -548,13 +566,14 @@ class Solver:
         is_add = isinstance(ins, ast.Add)
         try:
             matched = copyop.match_sources(src_view, sources, what)
-            digest = copyop.content_digest(src_view, matched)
+            manifest = copyop.content_manifest(src_view, matched)
         except (copyop.CopyError, OSError) as exc:
             raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
         owner = self._owner(ins.chown, state, env, ins) if ins.chown else (0, 0)
         chmod = self._chmod(ins.chmod, ins) if ins.chmod else None
-        definition = {"op": "ADD" if is_add else "COPY", "from": src_key, "sources": sources, "content": digest,
-                      "dest": dest, "owner": list(owner), "chmod": chmod}
+        definition = {"op": "ADD" if is_add else "COPY", "from": src_key, "sources": sources,
+                      "content": copyop.content_digest(manifest), "dest": dest, "owner": list(owner), "chmod": chmod}
+        files = {path: digest for _, path, digest in manifest}
 
         def execute(step: Step) -> LayerBlob:
             image = LayeredView(self.store.snapshots.lowerdirs(state.layers))
@@ -565,7 +584,7 @@ class Solver:
             except (copyop.CopyError, OSError) as exc:
                 raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
 
-        return definition, execute, _one_line(ins.original)
+        return Prepared(definition, execute, _one_line(ins.original), files)
 
     def _copy_source(self, ins, sp: StagePlan, results: dict[int, Future]):
         name = ins.from_stage

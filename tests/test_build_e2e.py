@@ -84,6 +84,8 @@ def test_changed_file_reruns_its_copy_and_later_steps_only(cli, tmp_path):
     copy_idx = next(i for i, label in enumerate(order) if label.startswith("COPY app.txt"))
     assert all(steps[label] == "CACHED" for label in order[:copy_idx]), out.stderr
     assert steps["COPY greet.sh /usr/local/bin/greet"] == "DONE"
+    assert "cache miss: copied files changed: app.txt" in out.stderr
+    assert out.stderr.count("cache miss: an earlier step was rebuilt") == 2
     assert all(steps[label] == "DONE" for label in order[copy_idx:]), out.stderr
     assert "change" in cli("run", "hello:1.0", "cat", "/app/app.txt", check=True).stdout
 

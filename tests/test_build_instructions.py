@@ -114,3 +114,11 @@ def test_copy_heredocs_become_files(cli, tmp_path):
     assert res.code == 0, res.stderr
     out = cli("run", "t:1", "sh", "-c", "cat /greeting.txt /opt/RAW /opt/EOF2; stat -c %a /opt/RAW", check=True)
     assert out.stdout.splitlines() == ['hello "world"', "#!/bin/sh", "echo $WHO", "two", "755"]
+
+
+def test_miss_reason_names_the_changed_build_arg(cli, tmp_path):
+    df = "FROM busybox:latest\nARG VERSION=1\nRUN echo v$VERSION\n"
+    _build(cli, tmp_path, df, "t:1")
+    res = _build(cli, tmp_path, df, "t:1", "--build-arg", "VERSION=2")
+    assert "cache miss: environment changed (build args or ENV): VERSION" in res.stderr
+    assert "v2" in res.stderr
