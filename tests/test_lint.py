@@ -1,0 +1,233 @@
+"""Lint rules (BuildKit `docker build --check` names and messages) and `pybuild check`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pybuild.grammar import DockerfileError, parse
+from pybuild.grammar.lint import RULES, Warning, lint, parse_check_options
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_lint(text: str, build_args=None) -> list[Warning]:
+    return lint(parse(text, "Dockerfile"), build_args)
+
+
+def found(text: str, rule: str, build_args=None) -> list[tuple[int, str]]:
+    return [(w.span.start_line, w.message) for w in run_lint(text, build_args) if w.rule == rule]
+
+
+# (rule, triggering Dockerfile, expected (line, message) list, clean Dockerfile)
+CASES = [
+    ("JSONArgsRecommended",
+     "FROM alpine\nCMD echo hi\nENTRYPOINT [\"sh\"]\n",
+     [(2, "JSON arguments recommended for CMD to prevent unintended behavior related to OS signals")],
+     "FROM alpine\nSHELL [\"/bin/sh\", \"-c\"]\nCMD echo hi\nENTRYPOINT [\"sh\"]\n"),
+    ("JSONArgsRecommended",
+     "FROM alpine\nENTRYPOINT my-app --serve\n",
+     [(2, "JSON arguments recommended for ENTRYPOINT to prevent unintended behavior related to OS signals")],
+     "FROM alpine\nENTRYPOINT [\"my-app\", \"--serve\"]\n"),
+    ("StageNameCasing",
+     "FROM alpine AS BuildStage\nRUN true\n",
+     [(1, "Stage name 'BuildStage' should be lowercase")],
+     "FROM alpine AS build-stage\nRUN true\n"),
+    ("FromAsCasing",
+     "FROM debian:latest as builder\n",
+     [(1, "'as' and 'FROM' keywords' casing do not match")],
+     "from debian:latest as builder\n"),
+    ("UndefinedVar",
+     "FROM alpine\nENV PATH=$PAHT:/app/bin\n",
+     [(2, "Usage of undefined variable '$PAHT' (did you mean $PATH?)")],
+     "FROM alpine\nENV PATH=$PATH:/app/bin\n"),
+    ("UndefinedVar",
+     "FROM alpine AS base\nCOPY $foo .\n",
+     [(2, "Usage of undefined variable '$foo'")],
+     "FROM alpine AS base\nARG foo\nCOPY $foo .\nRUN echo $bar\n"),
+    ("MaintainerDeprecated",
+     "FROM alpine\nMAINTAINER me <me@example.com>\n",
+     [(2, "Maintainer instruction is deprecated in favor of using label")],
+     "FROM alpine\nLABEL org.opencontainers.image.authors=\"me@example.com\"\n"),
+    ("RedundantTargetPlatform",
+     "FROM --platform=$TARGETPLATFORM alpine\n",
+     [(1, "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior")],
+     "FROM --platform=$BUILDPLATFORM alpine\n"),
+    ("ConsistentInstructionCasing",
+     "FROM alpine\nrun echo hi\nCOPY a /a\n",
+     [(2, "Command 'run' should match the case of the command majority (uppercase)")],
+     "from alpine\nrun echo hi\ncopy a /a\n"),
+    ("ConsistentInstructionCasing",
+     "from alpine\nRun echo hi\ncopy a /a\n",
+     [(2, "Command 'Run' should match the case of the command majority (lowercase)")],
+     "FROM alpine\nRUN echo hi\n"),
+    ("MultipleInstructionsDisallowed",
+     "FROM alpine\nCMD [\"a\"]\nHEALTHCHECK NONE\nCMD [\"b\"]\nHEALTHCHECK CMD [\"true\"]\n",
+     [(2, "Multiple CMD instructions should not be used in the same stage because only the last one will be used"),
+      (3, "Multiple HEALTHCHECK instructions should not be used in the same stage because only the last one will be used")],
+     "FROM alpine AS a\nCMD [\"a\"]\nFROM alpine\nCMD [\"b\"]\nENTRYPOINT [\"c\"]\n"),
+    ("WorkdirRelativePath",
+     "FROM alpine\nWORKDIR app\n",
+     [(2, 'Relative workdir "app" can have unexpected results if the base image changes')],
+     "FROM alpine\nWORKDIR /usr/src\nWORKDIR app\n"),
+    ("UndefinedArgInFrom",
+     "ARG VERSION=3.19\nFROM alpine:$VERSIO\n",
+     [(2, "FROM argument 'VERSIO' is not declared (did you mean VERSION?)")],
+     "ARG VERSION=3.19\nFROM alpine:$VERSION\nFROM --platform=$BUILDPLATFORM alpine\n"),
+    ("SecretsUsedInArgOrEnv",
+     "FROM alpine\nARG GITHUB_TOKEN\nENV DB_PASSWORD=x\n",
+     [(2, 'Do not use ARG or ENV instructions for sensitive data (ARG "GITHUB_TOKEN")'),
+      (3, 'Do not use ARG or ENV instructions for sensitive data (ENV "DB_PASSWORD")')],
+     "FROM alpine\nARG PUBLIC_KEY\nENV KEYBOARD=us\n"),
+    ("LegacyKeyValueFormat",
+     "FROM alpine\nENV DEBUG true\nLABEL team core\n",
+     [(2, '"ENV key=value" should be used instead of legacy "ENV key value" format'),
+      (3, '"LABEL key=value" should be used instead of legacy "LABEL key value" format')],
+     "FROM alpine\nENV DEBUG=true\nLABEL team=core\n"),
+]
+
+
+@pytest.mark.parametrize("rule,bad,expected,good", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_triggers(rule, bad, expected, good):
+    assert rule in RULES
+    assert found(bad, rule) == expected
+
+
+@pytest.mark.parametrize("rule,bad,expected,good", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_clean(rule, bad, expected, good):
+    assert found(good, rule) == []
+
+
+def test_every_rule_has_docstring_and_url():
+    for name, r in RULES.items():
+        assert r.func.__doc__, name
+        assert r.url.startswith("https://docs.docker.com/go/dockerfile/rule/"), name
+
+
+def test_warning_fields_and_sorting():
+    ws = run_lint("FROM alpine\n  WORKDIR app\nMAINTAINER x\nCMD echo\n")
+    assert [(w.rule, w.span.start_line) for w in ws] == [
+        ("WorkdirRelativePath", 2), ("MaintainerDeprecated", 3), ("JSONArgsRecommended", 4)]
+    w = ws[0]
+    assert w.span.start_col == 3 and w.span.file == "Dockerfile"
+    assert w.url == "https://docs.docker.com/go/dockerfile/rule/workdir-relative-path/"
+    assert w.format().startswith("Dockerfile:2:3: WorkdirRelativePath: ")
+
+
+def test_undefined_var_scoping():
+    text = ("ARG G=1\nFROM alpine AS a\nENV A=1\nCOPY $G /x\n"  # global ARG not redeclared: undefined
+            "FROM a\nARG G\nCOPY $A $G ${TARGETARCH} /y\n")     # env of stage a inherited; G redeclared
+    assert found(text, "UndefinedVar") == [(4, "Usage of undefined variable '$G'")]
+
+
+def test_undefined_var_default_modifier_still_counts_like_buildkit():
+    assert found("FROM alpine\nWORKDIR ${DIR:-/app}\n", "UndefinedVar") == [
+        (2, "Usage of undefined variable '$DIR'")]
+
+
+def test_undefined_var_ignores_single_quotes_and_escapes():
+    assert found("FROM alpine\nLABEL a='$x' b=\\$y\n", "UndefinedVar") == []
+
+
+def test_skip_directive():
+    text = "# check=skip=JSONArgsRecommended,MaintainerDeprecated\nFROM alpine\nMAINTAINER x\nCMD echo\nWORKDIR app\n"
+    assert [w.rule for w in run_lint(text)] == ["WorkdirRelativePath"]
+
+
+def test_skip_all():
+    assert run_lint("# check=skip=all\nFROM alpine\nMAINTAINER x\n") == []
+
+
+def test_check_options_parsing():
+    cfg = parse_check_options("skip=A, B;error=true")
+    assert cfg.skip == {"A", "B"} and cfg.error and not cfg.skip_all
+    assert not parse_check_options("error=false").error
+    with pytest.raises(ValueError):
+        parse_check_options("bogus=1")
+    with pytest.raises(ValueError):
+        parse_check_options("error=maybe")
+
+
+def test_invalid_directive_is_dockerfile_error():
+    with pytest.raises(DockerfileError):
+        run_lint("# check=nope\nFROM alpine\n")
+
+
+def test_build_arg_overrides_directive():
+    text = "# check=skip=all\nFROM alpine\nMAINTAINER x\n"
+    assert [w.rule for w in run_lint(text, {"BUILDKIT_DOCKERFILE_CHECK": "skip=none"})] == ["MaintainerDeprecated"]
+
+
+def test_onbuild_maintainer_and_casing_not_double_counted():
+    assert run_lint("FROM alpine\nONBUILD RUN echo hi\nCMD [\"x\"]\n") == []
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pybuild", "check", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=60)
+
+
+def test_cli_warnings_exit_0(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM alpine as build\nCMD echo hi\n")
+    r = cli(str(tmp_path))
+    df = str(tmp_path / "Dockerfile")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"{df}:1:1: FromAsCasing: 'as' and 'FROM' keywords' casing do not match",
+        f"{df}:2:1: JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior "
+        "related to OS signals",
+        "2 warnings found",
+    ]
+
+
+def test_cli_clean_file(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM alpine\nCMD [\"echo\", \"hi\"]\n")
+    r = cli(cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == ["Check complete, no warnings found."]
+
+
+def test_cli_dash_f_relative_name(tmp_path):
+    (tmp_path / "app.Dockerfile").write_text("FROM alpine\nMAINTAINER me\n")
+    r = cli("-f", "app.Dockerfile", cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [
+        "app.Dockerfile:2:1: MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label",
+        "1 warning found"]
+
+
+def test_cli_error_true_exit_1(tmp_path):
+    (tmp_path / "Dockerfile").write_text("# check=error=true\nFROM alpine\nCMD echo hi\n")
+    r = cli(str(tmp_path))
+    assert r.returncode == 1
+    assert "JSONArgsRecommended" in r.stdout
+    assert "lint violation found for rules: JSONArgsRecommended" in r.stderr
+
+
+def test_cli_error_true_without_warnings_exit_0(tmp_path):
+    (tmp_path / "Dockerfile").write_text("# check=error=true\nFROM alpine\nCMD [\"x\"]\n")
+    assert cli(str(tmp_path)).returncode == 0
+
+
+def test_cli_skip_then_no_warnings(tmp_path):
+    (tmp_path / "Dockerfile").write_text("# check=skip=JSONArgsRecommended;error=true\nFROM alpine\nCMD echo\n")
+    r = cli(str(tmp_path))
+    assert r.returncode == 0 and r.stdout.strip() == "Check complete, no warnings found."
+
+
+def test_cli_parse_error_exit_1(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM alpine\nRUNN echo\n")
+    r = cli(str(tmp_path))
+    assert r.returncode == 1
+    assert "Dockerfile:2:1: unknown instruction RUNN (did you mean RUN?)" in r.stderr
+
+
+def test_cli_missing_file_exit_2(tmp_path):
+    r = cli("-f", str(tmp_path / "nope.Dockerfile"))
+    assert r.returncode == 2
+    assert "nope.Dockerfile" in r.stderr
