@@ -231,3 +231,13 @@ def test_cli_missing_file_exit_2(tmp_path):
     r = cli("-f", str(tmp_path / "nope.Dockerfile"))
     assert r.returncode == 2
     assert "nope.Dockerfile" in r.stderr
+
+
+def test_workdir_from_an_absolute_env_value_is_not_relative():
+    from pybuild.grammar import parse
+    from pybuild.grammar.lint import lint
+
+    df = parse("FROM busybox\nENV APP_HOME=/app\nWORKDIR $APP_HOME\nWORKDIR ${BASE_DIR}/x\n", "Dockerfile")
+    assert [w.rule for w in lint(df) if w.rule == "WorkdirRelativePath"] == []
+    df = parse("FROM busybox\nENV SUB=app\nWORKDIR $SUB\n", "Dockerfile")
+    assert [w.rule for w in lint(df) if w.rule == "WorkdirRelativePath"] == ["WorkdirRelativePath"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .. import ast as A
-from ..expand import ExpansionError, Lex
+from ..expand import ExpansionError, Lex, expand_word
 
 __all__ = ["Rule", "RULES", "Context", "rule", "suggest"]
 
@@ -374,12 +374,28 @@ def workdir_relative_path(ctx: Context) -> Iterator[Finding]:
     for st in ctx.df.stages:
         parent = ctx.stage_index(ctx.expand_base(st.base.image))
         workdir_set = set_in.get(parent, False) if parent is not None and parent < st.index else False
+        known: dict[str, str] = {}  # ENV/ARG values set in this stage, to judge the path as BuildKit does: expanded
         for ins in st.instructions:
+            if isinstance(ins, (A.Env, A.Arg)):
+                for key, value in ins.pairs:
+                    known[key] = _expand_or_none(value or "", known) or ""
             if isinstance(ins, A.Workdir):
-                if not workdir_set and not _is_abs(ins.path.strip("\"'")):
+                path = _expand_or_none(ins.path, known)
+                # A path built from variables this file does not set (e.g. the base image's ENV) can't be judged.
+                if not workdir_set and path is not None and not _is_abs(path):
                     yield ins.span, f'Relative workdir "{ins.path}" can have unexpected results if the base image changes'
                 workdir_set = True
         set_in[st.index] = workdir_set
+
+
+def _expand_or_none(word: str, known: dict[str, str]) -> str | None:
+    names = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", word))
+    if not names <= known.keys():
+        return None
+    try:
+        return expand_word(word, known)
+    except ValueError:
+        return None
 
 
 _SECRETS = re.compile(r"(?i)(?:_|^)(?:apikey|auth|credential|credentials|key|password|pword|passwd|secret|token)(?:_|$)")
