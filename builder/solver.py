@@ -39,6 +39,7 @@ from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.builder.explain import MissExplainer
 from pybuild.builder.keys import step_key
 from pybuild.builder.plan import PROXY_ARGS, BuildPlan, StagePlan, check_supported, location, plan, stage_index
+from pybuild.cache.gc import build_lease
 from pybuild.cache.index import CacheRecord
 from pybuild.cache.layers import LayerBlob, write_layer
 from pybuild.cache.view import LayeredView
@@ -688,8 +689,13 @@ def _created(source_date_epoch: int | None) -> str:
 
 
 def build(store: Store, reporter: Reporter, options: BuildOptions) -> ImageRecord:
-    """Build the image and tag it. Tags are written only after every step and blob succeeded."""
-    record = Solver(store, reporter, options).solve()
-    for tag in options.tags:
-        store.images.tag(tag, record.manifest)
+    """Build the image and tag it. Tags are written only after every step and blob succeeded.
+
+    The whole build holds a GC lease, so a concurrent `prune`/`rmi` never sweeps blobs
+    or snapshots this build reads or has written but not yet tagged.
+    """
+    with build_lease(store.root):
+        record = Solver(store, reporter, options).solve()
+        for tag in options.tags:
+            store.images.tag(tag, record.manifest)
     return record

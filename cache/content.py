@@ -249,3 +249,21 @@ class ContentStore:
             finally:
                 os.close(fd)
         return removed
+
+    # -- added for fsck / gc ------------------------------------------------------------
+    def rehash(self, digest: str) -> str:
+        """Re-hash the stored blob ``digest`` streaming (1 MiB chunks); return the digest
+        its content actually has (equal to ``digest`` when the blob is intact)."""
+        h = hashlib.sha256()
+        with self.open(digest) as f:
+            while True:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+        return "sha256:" + h.hexdigest()
+
+    def stray_files(self) -> list[Path]:
+        """Entries of ``blobs/sha256/`` that are not blobs (not named by 64 lowercase hex)."""
+        with os.scandir(self._blobs) as it:
+            return sorted(Path(e.path) for e in it if not _HEX_RE.match(e.name))

@@ -101,3 +101,40 @@ class CacheIndex:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    # -- added for fsck / gc ------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Keys of every record file present (readable or not), sorted."""
+        out = []
+        for p in self._dir.iterdir():
+            if p.name.endswith(".json") and not p.name.startswith("."):
+                key = p.name[: -len(".json")]
+                if _KEY_RE.match(key) and ".." not in key:
+                    out.append(key)
+        return sorted(out)
+
+    def read(self, key: str) -> CacheRecord | None:
+        """The record for ``key`` as stored, without :meth:`get`'s check that its layer blob
+        exists.  None if there is no record; ``ValueError`` if the file is unreadable."""
+        try:
+            with open(self._path(key), "rb") as f:
+                obj = json.load(f)
+        except FileNotFoundError:
+            return None
+        try:
+            layer = obj.get("layer")
+            rec = CacheRecord(
+                key=obj["key"],
+                layer=LayerBlob(
+                    digest=layer["digest"], diff_id=layer["diff_id"],
+                    size=int(layer["size"]), media_type=layer["media_type"],
+                ) if layer is not None else None,
+                created=obj["created"],
+                duration_s=float(obj["duration_s"]),
+                description=obj.get("description", ""),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"cache record {key}: malformed: {e}") from None
+        if rec.key != key:
+            raise ValueError(f"cache record {key}: names key {rec.key!r}")
+        return rec

@@ -169,3 +169,41 @@ class SnapshotStore:
                 p.unlink(missing_ok=True)
             removed.append(p)
         return removed
+
+    # -- added for fsck / gc ------------------------------------------------------------
+    def walk(self) -> list[str]:
+        """diff_ids of the snapshots present (``sha256:<hex>``), sorted; in-progress
+        ``.tmp-`` dirs and stray entries are not listed (see :meth:`stray_entries`)."""
+        out = []
+        with os.scandir(self._snapshots) as it:
+            for e in it:
+                if _DIFF_RE.match("sha256:" + e.name) and e.is_dir(follow_symlinks=False):
+                    out.append("sha256:" + e.name)
+        return sorted(out)
+
+    def stray_entries(self) -> list[Path]:
+        """Entries of ``snapshots/`` that are neither a snapshot nor a ``.tmp-`` dir."""
+        out = []
+        with os.scandir(self._snapshots) as it:
+            for e in it:
+                if e.name.startswith(".tmp-"):
+                    continue
+                if _DIFF_RE.match("sha256:" + e.name) and e.is_dir(follow_symlinks=False):
+                    continue
+                out.append(Path(e.path))
+        return sorted(out)
+
+    def remove(self, diff_id: str) -> bool:
+        """Remove the snapshot of ``diff_id`` (False if absent).  Under the snapshot's lock it
+        is first renamed to a ``.tmp-<owner>`` name, so it disappears atomically and a crash
+        mid-delete leaves a dir that :meth:`clean_tmp` removes.  Callers must make sure no
+        build or container uses it (see ``pybuild.cache.gc``)."""
+        final = self.path(diff_id)
+        with self._lock(diff_id):
+            if not final.is_dir():
+                return False
+            doomed = self._snapshots / f".tmp-{_owner_tag()}"
+            os.rename(final, doomed)
+            fsync_dir(self._snapshots)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True

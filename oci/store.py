@@ -247,3 +247,27 @@ class ImageStore:
 
     def image(self, ref: str | Reference) -> Image:
         return load_image(self.content, self.resolve(ref))
+
+    # -- added for rmi / fsck / gc -----------------------------------------------------------
+
+    def entries(self) -> list[dict]:
+        """Every descriptor in index.json (copies), tagged or not, in file order."""
+        return json.loads(json.dumps(self._read_index()["manifests"]))
+
+    def ref_names(self, manifest_digest: str) -> list[str]:
+        """The ``name:tag`` names in index.json that point at ``manifest_digest``, sorted."""
+        return sorted({n for e in self._read_index()["manifests"]
+                       if e.get("digest") == manifest_digest and (n := self._ref_name(e))})
+
+    def remove_entries(self, predicate) -> list[dict]:
+        """Atomically (under the index lock) drop every index.json entry for which
+        ``predicate(entry)`` is true; return the dropped entries."""
+        with self._locked():
+            index = self._read_index()
+            keep, removed = [], []
+            for e in index["manifests"]:
+                (removed if predicate(e) else keep).append(e)
+            if removed:
+                index["manifests"] = keep
+                write_json_atomic(self.index_path, index)
+        return removed

@@ -13,7 +13,6 @@ import os
 import signal
 import shutil
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from pybuild import __version__
@@ -242,37 +241,15 @@ def _image_id(store, manifest_digest: str) -> str:
 
 
 # -- images / import / save -------------------------------------------------------------------------
-def _human_size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n}"
-
-
-def _ago(created: str | None) -> str:
-    if not created:
-        return "N/A"
-    try:
-        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
-        return created
-    secs = int((datetime.now(timezone.utc) - when).total_seconds())
-    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400),
-                       ("hour", 3600), ("minute", 60)):
-        if secs >= size:
-            k = secs // size
-            return f"{k} {unit}{'s' if k > 1 else ''} ago"
-    return "Less than a minute ago" if secs >= 1 else "Now"
-
-
 def cmd_images(args) -> int:
+    from pybuild.commands._format import ago, human_size, table
+
     store = _store(args)
     rows = []
     for ref, manifest_digest in store.images.list():
         img = store.images.image(str(ref))
         size = sum(layer.size for layer in img.layers)
-        row = [ref.name, ref.tag, img.id.split(":", 1)[1][:12], _ago(img.config.get("created")), _human_size(size)]
+        row = [ref.name, ref.tag, img.id.split(":", 1)[1][:12], ago(img.config.get("created")), human_size(size)]
         if args.digests:
             row.insert(2, manifest_digest)
         rows.append(tuple(row))
@@ -282,9 +259,7 @@ def cmd_images(args) -> int:
         return 0
     header = ("REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE") if args.digests else (
         "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for r in [header, *rows]:
-        print("   ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    print(table([header, *rows]))
     return 0
 
 
@@ -318,6 +293,7 @@ def _changes(items: list[str]) -> dict:
 
 
 def cmd_import(args) -> int:
+    from pybuild.cache.gc import build_lease
     from pybuild.oci.archive import import_rootfs
     from pybuild.oci.reference import InvalidReference, parse_reference
 
@@ -333,12 +309,14 @@ def cmd_import(args) -> int:
         source = Path(args.source)
         if not source.exists():
             raise PybuildError(f"import: {args.source}: no such file or directory")
-    digest = import_rootfs(source, ref, store.content, store.images, changes=changes)
+    with build_lease(store.root):  # blobs are written before the tag: keep GC away until then
+        digest = import_rootfs(source, ref, store.content, store.images, changes=changes)
     print(_image_id(store, digest))
     return 0
 
 
 def cmd_load(args) -> int:
+    from pybuild.cache.gc import build_lease
     from pybuild.cache.content import DigestMismatch
     from pybuild.oci.archive import ArchiveError, load_oci_archive
 
@@ -350,7 +328,8 @@ def cmd_load(args) -> int:
         if not source.is_file():
             raise PybuildError(f"load: {args.input}: no such file")
     try:
-        loaded = load_oci_archive(source, store.content, store.images)
+        with build_lease(store.root):
+            loaded = load_oci_archive(source, store.content, store.images)
     except (ArchiveError, DigestMismatch, ValueError, OSError) as exc:
         raise PybuildError(f"load {args.input}: {exc}") from None
     for ref, digest in loaded:
@@ -359,6 +338,7 @@ def cmd_load(args) -> int:
 
 
 def cmd_save(args) -> int:
+    from pybuild.cache.gc import build_lease
     from pybuild.oci.archive import save_oci_archive
     from pybuild.oci.reference import parse_reference
     from pybuild.oci.store import ImageNotFound
@@ -373,14 +353,15 @@ def cmd_save(args) -> int:
     out = Path(args.output)
     if not out.parent.is_dir():
         raise PybuildError(f"save -o {args.output}: directory {str(out.parent)!r} does not exist")
-    save_oci_archive(store.content, images, out)
+    with build_lease(store.root):
+        save_oci_archive(store.content, images, out)
     return 0
 
 
 # -- run --------------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
+    from pybuild.cache.gc import build_lease
     from pybuild.oci.store import ImageNotFound
-    from pybuild.sandbox.runner import ProcessSpec, RootfsSpec, SandboxError, run
 
     store = _store(args)
     try:
@@ -405,6 +386,13 @@ def cmd_run(args) -> int:
             env[item] = os.environ[item]
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     store.clean_stale()
+    with build_lease(store.root):  # the image's snapshots are lowerdirs while the container lives
+        return _run_container(args, store, img, argv, env, c)
+
+
+def _run_container(args, store, img, argv, env, c) -> int:
+    from pybuild.sandbox.runner import ProcessSpec, RootfsSpec, SandboxError, run
+
     lowers = store.snapshots.lowerdirs(img.layers)
     work = store.snapshots.new_work_dir()
     try:

@@ -121,7 +121,7 @@ def test_images_lists_tag_with_id_size_created(cli, tmp_path):
     out = cli("images", check=True).stdout.splitlines()
     assert out[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
     row = next(line for line in out if line.startswith("hello "))
-    assert re.match(r"hello\s+1\.0\s+[0-9a-f]{12}\s+(Less than a minute ago|Now|\d+ \w+ ago)\s+[\d.]+[kMG]?B$", row)
+    assert re.match(r"hello\s+1\.0\s+[0-9a-f]{12}\s+(Less than a second ago|About a minute ago|\d+ \w+ ago)\s+[\d.]+[kMG]?B$", row)
 
 
 def test_whiteout_of_a_file_deleted_in_a_later_run(cli, tmp_path):

@@ -1,0 +1,70 @@
+"""Docker-shaped formatting shared by the commands: sizes, ages, tables, not-found messages."""
+
+from __future__ import annotations
+
+def human_size(n: float, precision: int = 3) -> str:
+    """docker's units.HumanSizeWithPrecision: decimal units, `precision` significant digits."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB")
+    i = 0
+    n = float(n)
+    while n >= 1000 and i < len(units) - 1:
+        n /= 1000
+        i += 1
+    return f"{n:.{precision}g}{units[i]}"
+
+
+def ago(created: str | None) -> str:
+    """docker's "2 weeks ago" (units.HumanDuration + " ago")."""
+    from datetime import datetime, timezone
+
+    if not created:
+        return "N/A"
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return created
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    s = (datetime.now(timezone.utc) - when).total_seconds()
+    if s < 1:
+        return "Less than a second ago"
+    if s < 60:
+        return f"{int(s)} second{'s' if int(s) != 1 else ''} ago"
+    m = s / 60
+    if m < 60:
+        return "About a minute ago" if int(m) == 1 else f"{int(m)} minutes ago"
+    h = m / 60
+    if round(h) == 1:
+        return "About an hour ago"
+    if h < 48:
+        return f"{round(h)} hours ago"
+    if h < 24 * 7 * 2:
+        return f"{int(h / 24)} days ago"
+    if h < 24 * 30 * 2:
+        return f"{int(h / 24 / 7)} weeks ago"
+    if h < 24 * 365 * 2:
+        return f"{int(h / 24 / 30)} months ago"
+    return f"{int(h / 24 / 365)} years ago"
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """docker's tabwriter (minwidth 10, padding 3); the last column is not padded."""
+    if not rows:
+        return ""
+    widths = [max(max(len(r[i]) for r in rows) + 3, 10) for i in range(len(rows[0]) - 1)]
+    return "\n".join(("".join(c.ljust(w) for c, w in zip(r, widths)) + r[-1]).rstrip() for r in rows)
+
+
+def ellipsis(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def not_found(text: str) -> str:
+    """docker's `No such image: NAME` (a bare name gets `:latest`, ids stay as given)."""
+    from pybuild.oci.reference import InvalidReference, parse_reference
+
+    try:
+        ref = parse_reference(text)
+    except InvalidReference:
+        return f"No such image: {text}"
+    return f"No such image: {ref if ref.digest else ref.tagged}"

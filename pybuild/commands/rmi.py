@@ -1,0 +1,114 @@
+"""`pybuild rmi [-f] IMAGE...`: untag, then sweep what no image or cache record uses, like
+`docker rmi` (build cache is kept; `pybuild prune` clears it)."""
+
+from __future__ import annotations
+
+NAME = "rmi"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("rmi", help="remove one or more images",
+                       description="Like docker rmi: NAME[:TAG] removes that tag; an image id (prefix) "
+                                   "or digest removes the image with all its tags (-f needed when they "
+                                   "are in several repositories). Blobs and snapshots no image or "
+                                   "build-cache record uses are then deleted.")
+    p.add_argument("-f", "--force", action="store_true", help="remove an image id with tags in several repositories")
+    p.add_argument("--no-prune", action="store_true", help="untag only; leave unreferenced blobs")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+def _image_id(store, manifest_digest: str) -> str | None:
+    from pybuild.oci.image import load_manifest
+
+    try:
+        return load_manifest(store.content, manifest_digest)["config"]["digest"]
+    except Exception:
+        return None
+
+
+def _same_image(store, manifest_digest: str, image_id: str | None):
+    """Predicate on index.json entries: does the entry name this image (manifest or image id)?"""
+    cache: dict[str, str | None] = {}
+
+    def pred(e: dict) -> bool:
+        d = e.get("digest")
+        if d == manifest_digest:
+            return True
+        if image_id is None or not isinstance(d, str):
+            return False
+        if d not in cache:
+            cache[d] = _image_id(store, d)
+        return cache[d] == image_id
+    return pred
+
+
+def _ref_name(e: dict) -> str | None:
+    return (e.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+
+
+def _remove_one(store, text: str, force: bool, out: list[str]) -> None:
+    from pybuild.errors import PybuildError
+    from pybuild.oci.reference import InvalidReference, parse_reference
+    from pybuild.oci.store import ImageNotFound
+
+    from ._format import not_found
+
+    try:
+        ref = parse_reference(text)
+    except InvalidReference:
+        ref = None
+    tagged = {_ref_name(e) for e in store.images.entries()}
+    if ref is not None and ref.digest is None and ref.tagged in tagged:
+        digest = store.images.untag(ref)  # by name: only this tag goes
+        out.append(f"Untagged: {ref.tagged}")
+        image_id = _image_id(store, digest)
+        if not any(map(_same_image(store, digest, image_id), store.images.entries())):
+            out.append(f"Deleted: {image_id or digest}")
+        return
+    try:
+        digest = store.images.resolve(text)
+    except ImageNotFound:
+        raise PybuildError(not_found(text)) from None
+    image_id = _image_id(store, digest)
+    pred = _same_image(store, digest, image_id)
+    names = sorted({n for e in store.images.entries() if pred(e) and (n := _ref_name(e))})
+    repos = {n.rpartition(":")[0] for n in names}
+    if len(repos) > 1 and not force:
+        short = (image_id or digest).split(":", 1)[1][:12]
+        raise PybuildError(f"conflict: unable to delete {short} (must be forced) - "
+                           "image is referenced in multiple repositories")
+    store.images.remove_entries(pred)
+    out.extend(f"Untagged: {n}" for n in names)
+    out.append(f"Deleted: {image_id or digest}")
+
+
+def run(args, store_factory) -> int:
+    import sys
+
+    from pybuild.cache import gc
+    from pybuild.errors import PybuildError
+    from pybuild.oci.store import ImageStoreError
+
+    store = store_factory()
+    status = 0
+    for text in args.images:
+        out: list[str] = []
+        try:
+            _remove_one(store, text, args.force, out)
+        except ImageStoreError as exc:
+            raise PybuildError(f"{exc} (see `pybuild fsck`)") from None
+        except PybuildError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            status = 1
+        for line in out:
+            print(line)
+    if not args.no_prune:
+        try:
+            with gc.exclusive(store.root, wait=False):
+                gc.sweep(store, gc.mark(store, include_cache=True))
+        except ValueError as exc:  # index.json unreadable: never sweep blind
+            raise PybuildError(f"not removing unreferenced data: {exc} (see `pybuild fsck`)") from None
+        except gc.GCBusy:
+            print("a build or another pybuild command is using the store: unreferenced blobs are left "
+                  "for the next rmi or prune", file=sys.stderr)
+    return status
