@@ -34,7 +34,7 @@ ALLOWED_FLAGS: dict[str, tuple[str, ...]] = {
 _NOT_STRING_ARRAY = "when using JSON array syntax, arrays must be comprised of strings only"
 _RE_WS = re.compile(r"[\t\v\f\r ]+")
 _RE_STAGE_NAME = re.compile(r"[a-z][a-z0-9\-_.]*\Z")
-_RE_HEREDOC = re.compile(r"(\d*)<<(-?)([^<]*)\Z", re.DOTALL)
+_RE_HEREDOC = re.compile(r"(\d*)<<(-?)[\t\n\f\r ]*([^<]*)\Z", re.DOTALL)  # BuildKit reHeredoc
 _HEREDOC_KEYWORDS = ("RUN", "COPY", "ADD")
 _ONBUILD_FORBIDDEN = ("ONBUILD", "FROM", "MAINTAINER")
 
@@ -221,7 +221,8 @@ def _name_vals(rest: str, kw: str, ctx: _Ctx, kw_off: int, escape: str) -> tuple
 def _heredocs(text: str, ctx: _Ctx, kw_off: int, text_off: int) -> tuple[A.Heredoc, ...]:
     """BuildKit ``heredocsFromLine`` + reading each body from the following lines."""
     try:
-        words = Lex("\\", raw_quotes=True, raw_escapes=True).process(text, {})[1]
+        # SkipUnsetEnv as in BuildKit: ``<<$EOF`` is a heredoc named ``$EOF``
+        words = Lex("\\", raw_quotes=True, raw_escapes=True, skip_unset_env=True).process(text, {})[1]
     except ExpansionError:
         return ()
     docs: list[A.Heredoc] = []
@@ -290,7 +291,8 @@ def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
 
     escape = ctx.reader.escape
     line, col = ctx.ll.position(kw_off)
-    common: dict[str, Any] = {"original": sub.strip(), "flags": tuple(flags)}
+    # BuildKit keeps trailing blanks in Node.Original (only leading ones are trimmed)
+    common: dict[str, Any] = {"original": sub.lstrip(), "flags": tuple(flags)}
 
     def need(cond: bool, message: str) -> None:
         if not cond:
@@ -410,7 +412,7 @@ def _parse(text: str, filename: str) -> A.Dockerfile:
 
     while (ll := reader.next_line()) is not None:
         seen_any = True
-        text = ll.text.rstrip()
+        text = ll.text
         ctx = _Ctx(reader, ll)
         ins = _instruction(text, 0, ctx)
         if isinstance(ins, A.From):

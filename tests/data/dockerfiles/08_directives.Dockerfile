@@ -1,0 +1,5 @@
+# syntax=docker/dockerfile:1.7
+# check=skip=JSONArgsRecommended
+
+# just a comment
+FROM alpine

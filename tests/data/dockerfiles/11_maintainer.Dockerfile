@@ -1,0 +1,2 @@
+FROM alpine
+MAINTAINER John Doe <john@example.com>

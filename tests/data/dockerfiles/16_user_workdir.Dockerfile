@@ -1,0 +1,6 @@
+FROM alpine
+USER app
+USER 1000:1000
+WORKDIR /app
+WORKDIR sub dir
+USER ${U}

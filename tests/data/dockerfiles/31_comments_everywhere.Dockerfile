@@ -1,0 +1,9 @@
+# leading comment
+FROM alpine
+# comment
+    # indented comment
+RUN echo a # not a comment
+RUN echo \
+  # comment in continuation
+  \
+  done
