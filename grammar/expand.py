@@ -363,6 +363,8 @@ def expand_word(word: str, env: Mapping[str, str], *, escape: str = "\\") -> str
     Unset variables expand to ``""``; quotes are removed (single quotes stop expansion);
     raises :class:`ExpansionError` on bad substitutions and ``${V?msg}``.
     """
+    if "$" not in word and "'" not in word and '"' not in word and escape not in word:
+        return word  # nothing to expand or unquote: the lexer would return it unchanged
     return Lex(escape).process(word, env)[0]
 
 

@@ -198,3 +198,18 @@ def test_env_values_from_parser_expand_like_buildkit() -> None:
     # BuildKit expands every pair of one ENV against the env *before* the instruction
     env = {key: expand_word(raw, before) for key, raw in pairs}
     assert env == {"A": "x y", "B": "$A", "C": " z", "D": "no"}
+
+
+def test_fast_path_for_plain_words_agrees_with_the_lexer():
+    """Words without $, quotes or the escape char skip the lexer; the result must be identical."""
+    import random
+    import string
+
+    from pybuild.grammar.expand import Lex
+
+    rng = random.Random(7)
+    chars = string.ascii_letters + " \t/.-_:=@,{}()*?[]~#%!&;|<>"
+    for _ in range(3000):
+        w = "".join(rng.choice(chars) for _ in range(rng.randint(0, 12)))
+        assert expand_word(w, {}) == Lex("\\").process(w, {})[0] == w
+        assert expand_word(w, {}, escape="`") == w
