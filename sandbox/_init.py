@@ -37,7 +37,17 @@ import struct
 import sys
 import warnings  # noqa: F401 - os.execvpe imports it lazily, after pivot_root it is gone
 
+if __package__:
+    from . import policy
+else:  # run as a script with -I: the script's own directory is not on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import policy
+    finally:
+        del sys.path[0]
+
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -377,7 +387,8 @@ def resolve_user(spec: str | None) -> tuple[int, int, list[int], str]:
 # ---------------------------------------------------------------------------------------------
 # the command
 
-def exec_command(cfg: dict, ctl: Ctl, uid: int, gid: int, sgids: list[int], env: dict[str, str]) -> None:
+def exec_command(cfg: dict, ctl: Ctl, uid: int, gid: int, sgids: list[int], env: dict[str, str],
+                 seccomp: bytes | None = None) -> None:
     """In the forked child of PID 1: drop to the user, chdir, exec.  Never returns."""
     try:
         for sig in range(1, signal.NSIG):
@@ -389,14 +400,12 @@ def exec_command(cfg: dict, ctl: Ctl, uid: int, gid: int, sgids: list[int], env:
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.setsid()
-        os.setgroups(sgids)
-        os.setgid(gid)
-        os.setuid(uid)
+        policy.apply(uid, gid, sgids, privileged=bool(cfg.get("privileged")), seccomp=seccomp)
         try:
             os.chdir(cfg["cwd"])
         except OSError as e:
             raise SetupError(f"chdir to cwd {cfg['cwd']!r}: {e.strerror}")
-    except SetupError as e:
+    except (SetupError, policy.PolicyError) as e:
         ctl.send(error=str(e))
         os._exit(125)
     except OSError as e:
@@ -443,6 +452,11 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
         socket.sethostname(cfg["hostname"])
         if cfg["network"] == "none":
             loopback_up()
+        # the seccomp filter (compiled by pybuild) must be read before the old root is gone
+        seccomp = None
+        if cfg.get("seccomp"):
+            with open(os.path.join(cfg["tmp"], "seccomp.bpf"), "rb") as f:
+                seccomp = f.read()
         # 3. pivot_root(".", ".") stacks the old root on the new one; detach it.
         os.chdir(root)
         pivot_root(".", ".")
@@ -470,7 +484,7 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
     # 6. fork the command, forward signals, reap everything
     main = os.fork()
     if main == 0:
-        exec_command(cfg, ctl, uid, gid, sgids, env)
+        exec_command(cfg, ctl, uid, gid, sgids, env, seccomp)
     main_fd = os.pidfd_open(main)
 
     def forward(sig, _frame):
@@ -504,6 +518,19 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
     return code
 
 
+def join_cgroups(procs_files: list[str]) -> None:
+    """Move this (outer) process into the run's cgroups before anything is forked."""
+    for path in procs_files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SetupError(f"joining cgroup {os.path.dirname(path)}: {e.strerror}")
+
+
 def outer(cfg: dict, ctl: Ctl) -> int:
     child_fd = None
     pending: list[int] = []
@@ -526,6 +553,9 @@ def outer(cfg: dict, ctl: Ctl) -> int:
     if cfg["network"] == "none":
         flags |= CLONE_NEWNET
     try:
+        join_cgroups(cfg.get("cgroup_procs") or [])
+        if cfg.get("cgroup_procs") and os.path.exists("/proc/self/ns/cgroup"):
+            flags |= CLONE_NEWCGROUP  # the run's cgroup becomes its cgroup root
         unshare(flags)
     except SetupError as e:
         ctl.send(error=str(e))

@@ -7,6 +7,7 @@ the mount-point stubs the init had to create in the upper dir and the temp dir.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -19,9 +20,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _init
+from . import _init, cgroups, policy
+from .cgroups import CgroupError, Resources
 
-__all__ = ["ProcessSpec", "RootfsSpec", "ExitStatus", "SandboxError", "run", "abort_all"]
+__all__ = ["ExitStatus", "ProcessSpec", "Resources", "RootfsSpec", "SandboxError", "abort_all", "run"]
 
 _INIT_SCRIPT = str(Path(_init.__file__).resolve())
 
@@ -38,6 +40,10 @@ class ProcessSpec:
     user: str | None = None
     hostname: str = "pybuild"
     network: str = "none"
+    # BuildKit's `RUN --security=insecure`: keep every capability, no no_new_privs (policy.py)
+    privileged: bool = False
+    # cgroup limits (cgroups.py); None = no cgroup is created
+    resources: Resources | None = None
 
 
 @dataclass
@@ -51,6 +57,7 @@ class RootfsSpec:
 class ExitStatus:
     code: int
     signal: int | None = None
+    oom_killed: bool = False  # the kernel's OOM killer killed a process of the run
 
 
 class SandboxError(Exception):
@@ -95,6 +102,11 @@ def abort_all() -> None:
         a.signal(_init.ABORT_SIGNAL)
 
 
+@functools.lru_cache(maxsize=1)
+def _seccomp_program() -> bytes | None:
+    return policy.seccomp_program()
+
+
 def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
     if not spec.args or not spec.args[0]:
         raise SandboxError("empty command")
@@ -117,6 +129,11 @@ def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
             raise SandboxError(f"invalid environment variable name {k!r}")
     if not spec.hostname or len(spec.hostname) > 64:
         raise SandboxError(f"invalid hostname {spec.hostname!r}")
+    if spec.resources is not None:
+        try:
+            spec.resources.validate()
+        except CgroupError as e:
+            raise SandboxError(str(e)) from None
 
 
 def _write_etc(tmp: str, spec: ProcessSpec) -> None:
@@ -287,11 +304,19 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
     before = {rel: _lstat_rel(upper, rel) for rel in _STUB_CANDIDATES} if upper else {}
 
     _sweep_stale_tmp()
+    if spec.resources is None:  # with limits, cgroups.create sweeps
+        cgroups.sweep_stale()
     tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
     ctl_r = ctl_w = -1
     active: _Active | None = None
     proc: subprocess.Popen | None = None
+    cg: cgroups.Cgroup | None = None
+    oom = False
     try:
+        try:
+            cg = cgroups.create(spec.resources)
+        except CgroupError as e:
+            raise SandboxError(str(e)) from None
         for d in ("root", "empty", "rw"):
             os.mkdir(os.path.join(tmp, d), 0o755)
         _write_etc(tmp, spec)
@@ -302,8 +327,14 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
             "args": list(spec.args), "env": dict(spec.env), "cwd": cwd, "user": spec.user,
             "hostname": spec.hostname, "network": spec.network,
             "lowerdirs": lowerdirs, "upperdir": upper, "workdir": work,
-            "ctl_fd": ctl_w, "parent_pid": os.getpid(),
+            "ctl_fd": ctl_w, "parent_pid": os.getpid(), "privileged": bool(spec.privileged),
+            "cgroup_procs": cg.procs_files() if cg is not None else [],
         }
+        bpf = None if spec.privileged else _seccomp_program()
+        if bpf is not None:
+            with open(os.path.join(tmp, "seccomp.bpf"), "wb") as f:
+                f.write(bpf)
+            cfg["seccomp"] = True
         cfg_path = os.path.join(tmp, "config.json")
         fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -340,18 +371,21 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
             stubs = [s for m in msgs for s in m.get("stubs", [])]
             _remove_stubs(upper, stubs, before, lowerdirs)
         shutil.rmtree(tmp, ignore_errors=True)
+        if cg is not None:
+            oom = cg.oom_killed()
+            cg.destroy()
 
     errors = [m["error"] for m in msgs if "error" in m]
     if errors:
         raise SandboxError("; ".join(errors))
     for m in msgs:
         if "exit" in m:
-            return ExitStatus(int(m["exit"]), m.get("signal"))
+            return ExitStatus(int(m["exit"]), m.get("signal"), oom)
     if code < 0:
-        return ExitStatus(128 - code, -code)
+        return ExitStatus(128 - code, -code, oom)
     if code >= 128:
-        return ExitStatus(code, code - 128)
-    return ExitStatus(code, None)
+        return ExitStatus(code, code - 128, oom)
+    return ExitStatus(code, None, oom)
 
 
 def _wait(active: _Active) -> int:
