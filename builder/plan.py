@@ -91,16 +91,20 @@ NETWORK_MODES = ("default", "none", "host")
 SUPPORTED_PLATFORMS = ("linux/amd64", "linux/x86_64", "linux/amd64/v1")
 
 
-def check_supported(ins: ast.Instruction) -> None:
-    """Refuse, before anything runs, what this version would otherwise ignore or get wrong."""
+def check_supported(ins: ast.Instruction, allow: frozenset[str] = frozenset()) -> None:
+    """Refuse, before anything runs, what this version would otherwise ignore or get wrong,
+    and what needs an entitlement (`--allow`) the build was not given."""
     def refuse(what: str) -> None:
         raise BuildError(f"{what} is not supported by pybuild yet", location(ins))
 
     if isinstance(ins, ast.Run):
         if ins.mounts:
             refuse("RUN --mount")
-        if ins.security not in (None, "sandbox"):
-            refuse(f"RUN --security={ins.security}")
+        if ins.security == "insecure" and "security.insecure" not in allow:
+            raise BuildError("RUN --security=insecure runs with all capabilities and no seccomp filter; "
+                             "allow it with --allow security.insecure", location(ins))
+        if ins.security not in (None, "sandbox", "insecure"):
+            raise BuildError(f"RUN --security={ins.security}: expected sandbox or insecure", location(ins))
         if ins.network is not None and ins.network not in NETWORK_MODES:
             raise BuildError(f"RUN --network={ins.network}: expected one of {', '.join(NETWORK_MODES)}",
                              location(ins))
@@ -115,10 +119,11 @@ def check_supported(ins: ast.Instruction) -> None:
             raise BuildError(f"FROM --platform={ins.platform}: only linux/amd64 can be built on this host",
                              location(ins))
     elif isinstance(ins, ast.Onbuild):
-        check_supported(ins.instruction)
+        check_supported(ins.instruction, allow)
 
 
-def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str | None = None) -> BuildPlan:
+def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str | None = None,
+         allow: frozenset[str] = frozenset()) -> BuildPlan:
     stages = dockerfile.stages
     if not stages:
         raise BuildError("no build stage in Dockerfile (it needs a FROM line)", dockerfile.filename)
@@ -175,9 +180,9 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
     visit(target_index)
     ordered = tuple(p for p in plans if p.stage.index in needed)  # earlier stages only depend on earlier ones
     for p in ordered:
-        check_supported(p.stage.base)
+        check_supported(p.stage.base, allow)
         for ins in p.stage.instructions:
-            check_supported(ins)
+            check_supported(ins, allow)
 
     consumed = {name for arg in dockerfile.global_args for name, _ in arg.pairs}
     for p in ordered:

@@ -48,7 +48,7 @@ from pybuild.grammar import DockerfileError, ast, expand_word, expand_words, par
 from pybuild.oci.image import ImageRecord, new_config, write_image
 from pybuild.oci.store import ImageNotFound
 from pybuild.progress import Reporter, Step
-from pybuild.sandbox.runner import ProcessSpec, RootfsSpec, SandboxError, abort_all
+from pybuild.sandbox import ProcessSpec, Resources, RootfsSpec, SandboxError, abort_all
 from pybuild.sandbox.runner import run as sandbox_run
 from pybuild.store import Store
 
@@ -76,6 +76,8 @@ class BuildOptions:
     source_date_epoch: int | None = None
     ignore: DockerIgnore | None = None
     ignore_file: str = ".dockerignore"
+    resources: Resources | None = None       # cgroup limits for every RUN (not part of cache keys)
+    allow: frozenset[str] = frozenset()      # entitlements, e.g. "security.insecure"
 
 
 @dataclass
@@ -120,7 +122,7 @@ class Solver:
 
     # -- entry point ------------------------------------------------------------------------------
     def solve(self) -> ImageRecord:
-        build_plan = plan(self.opts.dockerfile, self.opts.build_args, self.opts.target)
+        build_plan = plan(self.opts.dockerfile, self.opts.build_args, self.opts.target, self.opts.allow)
         for name in build_plan.unused_build_args:
             self.reporter.warning(f"build argument {name!r} was given but no ARG in the built stages uses it")
         results: dict[int, Future] = {}
@@ -217,7 +219,7 @@ class Solver:
                              location(sp.stage.base)) from None
         instructions = list(parsed.stages[0].instructions)
         for ins in instructions:
-            check_supported(ins)
+            check_supported(ins, self.opts.allow)
         return instructions
 
     # -- variables --------------------------------------------------------------------------------
@@ -452,8 +454,11 @@ class Solver:
         user = state.config["config"].get("User") or None
         cwd = self._workdir_of(state)
         network = ins.network if ins.network not in (None, "default") else self.opts.network
+        privileged = ins.security == "insecure"
         definition = {"op": "RUN", "args": args, "env": sorted(f"{k}={v}" for k, v in env.items()),
                       "user": user, "cwd": cwd, "network": network}
+        if privileged:
+            definition["security"] = "insecure"
         # Proxy settings reach the step without an ARG line but stay out of the key, as in BuildKit:
         # a different proxy does not make a different result.
         proxies = {k: v for k, v in self.opts.build_args.items() if k in PROXY_ARGS and k not in env}
@@ -468,9 +473,14 @@ class Solver:
                 upper, overlay_work = work / "upper", work / "work"
                 upper.mkdir()
                 overlay_work.mkdir()
-                spec = ProcessSpec(args=args, env=run_env, cwd=cwd, user=user, network=network)
+                spec = ProcessSpec(args=args, env=run_env, cwd=cwd, user=user, network=network,
+                                   privileged=privileged, resources=self.opts.resources)
                 status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work), stdin_data,
                                                    location(ins))
+                if status.oom_killed and status.code != 0:
+                    limit = self.opts.resources.memory if self.opts.resources else None
+                    raise StepFailed(f"RUN {_one_line(ins.original)[4:]} killed: out of memory"
+                                     + (f", limit {_mib(limit)}" if limit else ""), location(ins), tail)
                 if status.code != 0:
                     how = f"was killed by signal {status.signal}" if status.signal else f"exited {status.code}"
                     raise StepFailed(f"RUN {_one_line(ins.original)[4:]} {how}", location(ins), tail)
@@ -641,6 +651,10 @@ class Solver:
             return layer
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
 
 
 def _feed(fd: int, data: bytes) -> None:

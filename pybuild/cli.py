@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--network", choices=("none", "host"), default="none",
                    help="network for RUN steps (default none)")
     b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    b.add_argument("--allow", action="append", default=[], choices=("security.insecure",),
+                   help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
+    _add_resource_flags(b, "each RUN step")
     b.add_argument("--progress", choices=("auto", "plain"), default="auto", help="progress output")
 
     i = sub.add_parser("images", help="list images in the local store")
@@ -77,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--entrypoint", help="override the image's entrypoint")
     r.add_argument("--network", choices=("none", "host"), default="none", help="network (default none)")
     r.add_argument("--hostname", default=None, help="container host name")
+    _add_resource_flags(r, "the container")
     r.add_argument("image")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
 
@@ -85,6 +89,51 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("help", help="show this help")
     return p
+
+
+def _add_resource_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-m", "--memory", type=_memory_size, metavar="SIZE",
+                   help=f"memory limit for {what} (bytes, or with k/m/g: 256m)")
+    p.add_argument("--cpus", type=_positive_float, metavar="N", help=f"CPU limit for {what} (e.g. 1.5)")
+    p.add_argument("--pids-limit", type=_positive_int, metavar="N",
+                   help=f"process limit for {what} (pybuild's own init counts as 2)")
+
+
+def _memory_size(text: str) -> int:
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower()
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "b")
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 256m, 1g, 1048576)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a positive whole number")
+    return int(text)
+
+
+def _resources(args):
+    from pybuild.sandbox import Resources
+
+    if args.memory is None and args.cpus is None and args.pids_limit is None:
+        return None
+    return Resources(memory=args.memory, cpus=args.cpus, pids=args.pids_limit)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -201,7 +250,8 @@ def cmd_build(args) -> int:
     options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag, ignore=ignore,
                            ignore_file=ignore_file,
                            build_args=_build_args(args.build_arg), target=args.target,
-                           no_cache=args.no_cache, network=args.network,
+                           no_cache=args.no_cache, network=args.network, resources=_resources(args),
+                           allow=frozenset(args.allow),
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
     store = _store(args)
     store.clean_stale()
@@ -400,13 +450,17 @@ def _run_container(args, store, img, argv, env, c) -> int:
         (work / "work").mkdir()
         spec = ProcessSpec(args=argv, env=env, cwd=args.workdir or c.get("WorkingDir") or "/",
                            user=args.user or c.get("User") or None,
-                           hostname=args.hostname or img.id.split(":", 1)[1][:12], network=args.network)
+                           hostname=args.hostname or img.id.split(":", 1)[1][:12], network=args.network,
+                           resources=_resources(args))
         try:
             status = run(spec, RootfsSpec(lowers, work / "upper", work / "work"))
         except SandboxError as exc:
             raise PybuildError(str(exc)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if status.oom_killed:
+        print(f"pybuild: container killed: out of memory, limit {args.memory / (1 << 20):g} MiB"
+              if args.memory else "pybuild: container killed: out of memory", file=sys.stderr)
     return status.code
 
 

@@ -122,3 +122,34 @@ def test_miss_reason_names_the_changed_build_arg(cli, tmp_path):
     res = _build(cli, tmp_path, df, "t:1", "--build-arg", "VERSION=2")
     assert "cache miss: environment changed (build args or ENV): VERSION" in res.stderr
     assert "v2" in res.stderr
+
+
+def test_out_of_memory_run_is_reported_as_such(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nRUN x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}\n",
+                 "t:1", "--memory", "64m")
+    assert res.code == 1
+    assert re.search(r"Dockerfile:2: RUN .* killed: out of memory, limit 64 MiB", res.stderr), res.stderr
+    assert not any(line.startswith("t ") for line in cli("images").stdout.splitlines())
+
+
+def test_pids_limit_stops_a_fork_bomb_and_the_build_fails_cleanly(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nRUN for i in $(seq 100); do sleep 30 & done; wait\n",
+                 "t:1", "--pids-limit", "20")
+    assert res.code == 1
+    assert "can't fork" in res.stderr or "Resource temporarily unavailable" in res.stderr, res.stderr
+
+
+def test_security_insecure_needs_the_entitlement(cli, tmp_path):
+    df = "FROM busybox:latest\nRUN --security=insecure grep CapEff /proc/self/status\n"
+    res = _build(cli, tmp_path, df)
+    assert res.code == 1 and "allow it with --allow security.insecure" in res.stderr
+    res = _build(cli, tmp_path, df, "t:1", "--allow", "security.insecure")
+    assert res.code == 0, res.stderr
+    host_caps = next(line for line in open("/proc/self/status") if line.startswith("CapEff:"))
+    assert host_caps.strip() in res.stderr  # all of the (root) caller's capabilities, not Docker's 14
+
+
+def test_run_reports_oom_and_exits_137(cli, tmp_path):
+    res = cli("run", "--memory", "64m", "busybox:latest", "sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a)")
+    assert res.code == 137
+    assert "container killed: out of memory, limit 64 MiB" in res.stderr
