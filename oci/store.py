@@ -41,7 +41,8 @@ ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 
-_HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
+# An id prefix needs a few characters: `rmi b` must not delete whatever image id starts with "b".
+_HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{4,64})")
 
 
 class ImageStoreError(Exception):

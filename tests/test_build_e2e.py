@@ -384,3 +384,19 @@ def test_bad_dockerignore_pattern_names_file_and_line(cli, tmp_path):
     res = cli("-t", "badign:1", str(ctx))
     assert res.code == 1
     assert f"ERROR: {ctx}/.dockerignore:2: syntax error in pattern" in res.stderr
+
+
+def test_workdir_proc_self_fd_cannot_reach_the_host_root(cli, tmp_path):
+    """runc CVE-2024-21626: a leaked fd plus WORKDIR /proc/self/fd/N gave a cwd on the host at build time."""
+    marker = Path("/pybuild-host-marker-21626")
+    marker.mkdir(exist_ok=True)
+    try:
+        for n in (3, 4, 5, 6, 7, 8):
+            ctx = tmp_path / f"fd{n}"
+            ctx.mkdir()
+            (ctx / "Dockerfile").write_text(f"FROM busybox:latest\nWORKDIR /proc/self/fd/{n}\nRUN ls -a ../../../ ; ls -a /\n")
+            res = cli("-t", f"fd:{n}", str(ctx))
+            assert marker.name not in res.output, res.output
+            assert "Traceback" not in res.output
+    finally:
+        marker.rmdir()
