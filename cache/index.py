@@ -52,25 +52,13 @@ class CacheIndex:
         return self._dir / f"{_check_key(key)}.json"
 
     def get(self, key: str) -> CacheRecord | None:
+        """The record for ``key``, or None: a missing, unreadable or mismatched record, or one
+        whose layer blob is gone from the content store, is a miss."""
         try:
-            with open(self._path(key), "rb") as f:
-                obj = json.load(f)
-            layer = obj.get("layer")
-            rec = CacheRecord(
-                key=obj["key"],
-                layer=LayerBlob(
-                    digest=layer["digest"], diff_id=layer["diff_id"],
-                    size=int(layer["size"]), media_type=layer["media_type"],
-                ) if layer is not None else None,
-                created=obj["created"],
-                duration_s=float(obj["duration_s"]),
-                description=obj.get("description", ""),
-            )
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
+            rec = self.read(key)
+        except ValueError:
             return None  # unreadable record: treat as a miss
-        if rec.key != key:
+        if rec is None:
             return None
         if rec.layer is not None:
             try:
@@ -121,6 +109,8 @@ class CacheIndex:
                 obj = json.load(f)
         except FileNotFoundError:
             return None
+        except (OSError, ValueError) as e:  # torn or garbage JSON
+            raise ValueError(f"cache record {key}: unreadable: {e}") from None
         try:
             layer = obj.get("layer")
             rec = CacheRecord(

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 import pybuild.grammar as g
 from pybuild.grammar import (
-    Add, Arg, Cmd, Copy, Dockerfile, DockerfileError, Entrypoint, Env, ExecForm, Expose, From,
-    Healthcheck, Heredoc, Label, Maintainer, Onbuild, Run, Shell, ShellForm, SourceSpan, Stage,
+    Add, Arg, Cmd, Copy, Dockerfile, DockerfileError, Entrypoint, Env, ExecForm, Expose, Healthcheck, Heredoc, Label, Maintainer, Onbuild, Run, Shell, ShellForm, SourceSpan, Stage,
     StopSignal, User, Volume, Workdir, parse,
 )
 

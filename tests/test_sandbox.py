@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from sandbox_helpers import run_captured
 
-from pybuild.sandbox.runner import (ExitStatus, ProcessSpec, RootfsSpec, SandboxError, abort_all,
-                                    run)
+from pybuild.sandbox.runner import (ExitStatus, ProcessSpec, RootfsSpec, SandboxError, abort_all)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/bin/busybox"),
                                 reason="needs root and /bin/busybox")
@@ -115,29 +115,7 @@ def sh(image: Path, ovl, script: str, **kw) -> tuple[ExitStatus, str, str]:
 
 
 def _run(spec, rootfs, **kw) -> tuple[ExitStatus, str, str]:
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    res: dict[str, bytes] = {}
-
-    def drain(fd, key):
-        chunks = []
-        while b := os.read(fd, 65536):
-            chunks.append(b)
-        res[key] = b"".join(chunks)
-        os.close(fd)
-
-    threads = [threading.Thread(target=drain, args=(out_r, "out")),
-               threading.Thread(target=drain, args=(err_r, "err"))]
-    for t in threads:
-        t.start()
-    try:
-        status = run(spec, rootfs, stdout=out_w, stderr=err_w, **kw)
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-        for t in threads:
-            t.join()
-    return status, res["out"].decode(), res["err"].decode()
+    return run_captured(spec, rootfs, **kw)
 
 
 # --------------------------------------------------------------------------- basics

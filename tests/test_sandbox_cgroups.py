@@ -9,7 +9,7 @@ import time
 
 import pytest
 from pybuild.sandbox import Resources, SandboxError, abort_all, cgroups
-from pybuild.sandbox.testing import make_image, sh
+from sandbox_helpers import make_image, sh
 
 LAYOUT = cgroups.detect() if os.geteuid() == 0 else {}
 pytestmark = pytest.mark.skipif(

@@ -6,7 +6,7 @@ import os
 
 import pytest
 from pybuild.sandbox import policy
-from pybuild.sandbox.testing import make_image, sh
+from sandbox_helpers import make_image, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/bin/busybox"),
                                 reason="needs root and /bin/busybox")

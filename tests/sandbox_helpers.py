@@ -7,7 +7,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from .runner import ExitStatus, ProcessSpec, RootfsSpec, run
+from pybuild.sandbox.runner import ExitStatus, ProcessSpec, RootfsSpec, run
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/sbin"}
 APPLETS = ("sh", "cat", "echo", "id", "sleep", "true", "head", "grep", "mount", "umount", "unshare",
@@ -29,7 +29,8 @@ def make_image(root: Path) -> Path:
     return root
 
 
-def run_captured(spec: ProcessSpec, rootfs: RootfsSpec) -> tuple[ExitStatus, str, str]:
+def run_captured(spec: ProcessSpec, rootfs: RootfsSpec, **run_kw) -> tuple[ExitStatus, str, str]:
+    """Run with stdout and stderr drained by threads (so a chatty command never blocks)."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res: dict[str, bytes] = {}
@@ -46,7 +47,7 @@ def run_captured(spec: ProcessSpec, rootfs: RootfsSpec) -> tuple[ExitStatus, str
     for t in threads:
         t.start()
     try:
-        status = run(spec, rootfs, stdout=out_w, stderr=err_w)
+        status = run(spec, rootfs, stdout=out_w, stderr=err_w, **run_kw)
     finally:
         os.close(out_w)
         os.close(err_w)
