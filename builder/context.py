@@ -7,6 +7,7 @@ reach a cache key, and a COPY naming one is told which pattern excluded it.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from pybuild.builder.dockerignore import DockerIgnore
@@ -28,12 +29,16 @@ class ContextView(LayeredView):
         self.ignore = ignore or DockerIgnore.empty()
         self.ignore_file = ignore_file
 
-    def _hidden(self, parts: list[str] | tuple[str, ...]) -> bool:
-        return bool(parts) and self.ignore.excluded("/".join(parts))
+    def _hidden(self, rel: str, is_dir: bool) -> bool:
+        """Excluded, and (for a directory) no exception pattern can bring back anything inside it:
+        an excluded directory with re-included files stays, holding only those files."""
+        if not rel or not self.ignore.excluded(rel):
+            return False
+        return not (is_dir and self.ignore.may_contain_included(rel))
 
     def lookup(self, path: str, follow_final: bool = True) -> Entry | None:
         entry = super().lookup(path, follow_final)
-        if entry is None or self._hidden(entry.path.strip("/").split("/")):
+        if entry is None or self._hidden(entry.path.strip("/"), stat.S_ISDIR(entry.st.st_mode)):
             return None
         return entry
 
@@ -41,8 +46,8 @@ class ContextView(LayeredView):
         parts = self.resolve(path)
         names = []
         for name in super().listdir(path):
-            child = "/".join([*parts, name])
-            if self.ignore.excluded(child) and not self.ignore.may_contain_included(child):
+            hit = self._lookup_raw([*parts, name])
+            if hit is not None and self._hidden("/".join([*parts, name]), stat.S_ISDIR(hit[1].st_mode)):
                 continue
             names.append(name)
         return names

@@ -118,7 +118,10 @@ def _not_found_message(view: LayeredView, pattern: str, what: str) -> str:
         names = view.listdir(parent)
     except OSError:
         names = []
-    near = difflib.get_close_matches(PurePosixPath(pattern).name, names, n=3, cutoff=0.5)
+    name = PurePosixPath(pattern).name
+    if name in names:  # it is there, but resolving it (a symlink) led outside or nowhere
+        return f"{pattern!r} is a symlink whose target is not in the {what}"
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(repr(_norm(parent + '/' + n).lstrip('/')) for n in near)}?)" if near else ""
     return f"{pattern!r} not found in the {what}{hint}"
 

@@ -51,7 +51,9 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any],
     fields = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ("env", "content"))
     if fields:
         return "changed: " + ", ".join(_FIELD_NAMES.get(f, f) for f in fields)
-    return "copied files changed"  # only the content digest differs (e.g. a heredoc body)
+    if old.get("content") != new.get("content"):
+        return "copied content changed"
+    return "same inputs as its last build, but that result is no longer cached (pruned or removed)"
 
 
 class MissExplainer:

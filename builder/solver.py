@@ -119,12 +119,11 @@ class Solver:
         self._created = _created(options.source_date_epoch)
         self.context_view = ContextView(options.context, options.ignore, options.ignore_file)
         self.explainer = MissExplainer(store.root)
+        self._trigger_args: set[str] = set()  # ARGs declared by base images' ONBUILD triggers
 
     # -- entry point ------------------------------------------------------------------------------
     def solve(self) -> ImageRecord:
         build_plan = plan(self.opts.dockerfile, self.opts.build_args, self.opts.target, self.opts.allow)
-        for name in build_plan.unused_build_args:
-            self.reporter.warning(f"build argument {name!r} was given but no ARG in the built stages uses it")
         results: dict[int, Future] = {}
         with ThreadPoolExecutor(max_workers=max(1, len(build_plan.stages)), thread_name_prefix="stage") as pool:
             for sp in build_plan.stages:
@@ -133,6 +132,11 @@ class Solver:
                 final: StageState = results[build_plan.target].result()
                 for f in results.values():
                     f.result()
+                # Warn only now: a base image's ONBUILD triggers may declare ARGs too.
+                for name in build_plan.unused_build_args:
+                    if name not in self._trigger_args:
+                        self.reporter.warning(f"build argument {name!r} was given but no ARG in the built "
+                                              "stages uses it")
             except BaseException:
                 # Stop the other stages: no new steps start, and running sandboxes are killed
                 # (their init processes ignore the terminal's Ctrl-C, which only the main thread sees).
@@ -203,8 +207,9 @@ class Solver:
         cfg = new_config(img.config)
         cfg.pop("created", None)
         cfg["config"].setdefault("Env", [f"PATH={DEFAULT_PATH}"])
+        shell = list(cfg["config"].get("Shell") or DEFAULT_SHELL)  # a base image's SHELL applies, as in BuildKit
         return StageState(layers=list(img.layers), config=cfg,
-                          key=step_key(None, {"from": img.manifest_digest}), shell=list(DEFAULT_SHELL)), bool(fresh)
+                          key=step_key(None, {"from": img.manifest_digest}), shell=shell), bool(fresh)
 
     def _onbuild_triggers(self, state: StageState, sp: StagePlan) -> list[ast.Instruction]:
         """The base's ONBUILD triggers, parsed as instructions that run first; the image does not keep them."""
@@ -220,6 +225,8 @@ class Solver:
         instructions = list(parsed.stages[0].instructions)
         for ins in instructions:
             check_supported(ins, self.opts.allow)
+            if isinstance(ins, ast.Arg):
+                self._trigger_args.update(name for name, _ in ins.pairs)
         return instructions
 
     # -- variables --------------------------------------------------------------------------------
@@ -279,7 +286,7 @@ class Solver:
         elif isinstance(ins, ast.User):
             c["User"] = x(ins.user)
         elif isinstance(ins, ast.StopSignal):
-            c["StopSignal"] = x(ins.signal)
+            c["StopSignal"] = _stop_signal(x(ins.signal), ins)
         elif isinstance(ins, ast.Cmd):
             c["Cmd"] = self._command(ins.command, state)
             state.cmd_from_base = False
@@ -651,6 +658,18 @@ class Solver:
             return layer
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _stop_signal(text: str, ins) -> str:
+    """STOPSIGNAL takes a signal name (SIGTERM, TERM) or number, as docker's signal.ParseSignal."""
+    import signal as _signal
+
+    if text.isdigit() and 0 < int(text) <= 64:
+        return text
+    name = text.upper() if text.upper().startswith("SIG") else "SIG" + text.upper()
+    if name in _signal.Signals.__members__ or re.fullmatch(r"SIGRTM(IN|AX)([+-]\d+)?", name):
+        return text
+    raise BuildError(f"STOPSIGNAL {text}: not a signal name or number", location(ins))
 
 
 def _mib(n: int) -> str:

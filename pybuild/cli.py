@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     for mod in PLUGINS.values():
         mod.add_parser(sub)
 
-    sub.add_parser("help", help="show this help")
+    h = sub.add_parser("help", help="show this help, or a command's: pybuild help build")
+    h.add_argument("topic", nargs="?", help="a command")
     return p
 
 
@@ -99,6 +100,9 @@ def _add_resource_flags(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"process limit for {what} (pybuild's own init counts as 2)")
 
 
+MIN_MEMORY = 6 << 20  # the kernel cannot run a container in less
+
+
 def _memory_size(text: str) -> int:
     units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower()
@@ -107,8 +111,8 @@ def _memory_size(text: str) -> int:
         value = int(float(number) * units[unit])
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 256m, 1g, 1048576)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    if value < MIN_MEMORY:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: the minimum is 6m")
     return value
 
 
@@ -117,8 +121,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a positive number")
+    if not value >= 0.01:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of CPUs, at least 0.01")
     return value
 
 
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(_normalise_argv(argv))
+        if args.command == "help" and args.topic:
+            parser.parse_args([args.topic, "--help"])  # prints the command's help and exits 0
         if args.command in (None, "help"):
             parser.print_help()
             return 0
@@ -186,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ERROR: interrupted: running steps were stopped, nothing was tagged", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pybuild history x | head`: the reader left; stop quietly, as docker does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Terminated:
         print("ERROR: terminated: running steps were stopped, nothing was tagged", file=sys.stderr)
         return 143
@@ -232,9 +241,14 @@ def cmd_build(args) -> int:
         raise UsageError(f"build context {args.context!r} is not a directory")
     dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
     try:
-        text = dockerfile_path.read_text(encoding="utf-8")
+        data = dockerfile_path.read_bytes()
     except OSError as exc:
         raise PybuildError(f"cannot read Dockerfile {dockerfile_path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PybuildError(f"{dockerfile_path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
     for tag in args.tag:
         try:
             parse_reference(tag)
@@ -344,6 +358,7 @@ def _changes(items: list[str]) -> dict:
 
 def cmd_import(args) -> int:
     from pybuild.cache.gc import build_lease
+    from pybuild.cache.layers import LayerError
     from pybuild.oci.archive import import_rootfs
     from pybuild.oci.reference import InvalidReference, parse_reference
 
@@ -359,8 +374,11 @@ def cmd_import(args) -> int:
         source = Path(args.source)
         if not source.exists():
             raise PybuildError(f"import: {args.source}: no such file or directory")
-    with build_lease(store.root):  # blobs are written before the tag: keep GC away until then
-        digest = import_rootfs(source, ref, store.content, store.images, changes=changes)
+    try:
+        with build_lease(store.root):  # blobs are written before the tag: keep GC away until then
+            digest = import_rootfs(source, ref, store.content, store.images, changes=changes)
+    except LayerError as exc:
+        raise PybuildError(f"import {args.source}: {exc}") from None
     print(_image_id(store, digest))
     return 0
 

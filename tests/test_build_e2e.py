@@ -400,3 +400,15 @@ def test_workdir_proc_self_fd_cannot_reach_the_host_root(cli, tmp_path):
             assert "Traceback" not in res.output
     finally:
         marker.rmdir()
+
+
+def test_dockerignore_double_star_exception_brings_back_only_matching_files(cli, tmp_path):
+    ctx = tmp_path / "ign2"
+    (ctx / "dir" / "sub").mkdir(parents=True)
+    for rel in ("dir/a", "dir/keep", "dir/sub/keep", "dir/sub/y.md"):
+        (ctx / rel).write_text(rel + "\n")
+    (ctx / ".dockerignore").write_text("dir\n!**/keep\n")
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY . /c\nCOPY dir /d\nRUN find /c/dir /d -type f | sort\n")
+    res = cli("-t", "ign2:1", str(ctx), check=True)
+    listed = re.findall(r"^#\d+ [\d.]+ (/[cd]/\S*)$", res.stderr, re.M)
+    assert listed == ["/c/dir/keep", "/c/dir/sub/keep", "/d/keep", "/d/sub/keep"]

@@ -153,3 +153,37 @@ def test_run_reports_oom_and_exits_137(cli, tmp_path):
     res = cli("run", "--memory", "64m", "busybox:latest", "sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a)")
     assert res.code == 137
     assert "container killed: out of memory, limit 64 MiB" in res.stderr
+
+
+def test_shell_of_the_base_image_applies_to_run_and_cmd(cli, tmp_path):
+    _build(cli, tmp_path, 'FROM busybox:latest\nSHELL ["/bin/sh", "-ec"]\n', "shellbase:1")
+    res = _build(cli, tmp_path, "FROM shellbase:1\nRUN false; echo got-here\n", "child:1")
+    assert res.code == 1 and not re.search(r"^#\d+ [\d.]+ got-here$", res.stderr, re.M)
+    res = _build(cli, tmp_path, "FROM shellbase:1\nCMD echo child\n", "child:2")
+    assert res.code == 0, res.stderr
+    assert _config(cli, "child:2")["config"]["Cmd"] == ["/bin/sh", "-ec", "echo child"]
+
+
+def test_onbuild_arg_consumes_its_build_arg_without_a_warning(cli, tmp_path):
+    _build(cli, tmp_path, "FROM busybox:latest\nONBUILD ARG OBARG=dflt\nONBUILD RUN echo trigger $OBARG\n", "obp:1")
+    res = _build(cli, tmp_path, "FROM obp:1\n", "obc:1", "--build-arg", "OBARG=given")
+    assert res.code == 0, res.stderr
+    assert "trigger given" in res.stderr
+    assert "WARNING" not in res.stderr
+    res = _build(cli, tmp_path, "FROM busybox:latest\n", "plain:1", "--build-arg", "NOBODY=1")
+    assert "WARNING: build argument 'NOBODY' was given but no ARG in the built stages uses it" in res.stderr
+
+
+def test_stopsignal_must_be_a_signal(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nSTOPSIGNAL SIGBOGUS\n")
+    assert res.code == 1 and "Dockerfile:2: STOPSIGNAL SIGBOGUS: not a signal name or number" in res.stderr
+    for ok in ("SIGQUIT", "TERM", "9", "SIGRTMIN+3"):
+        assert _build(cli, tmp_path, f"FROM busybox:latest\nSTOPSIGNAL {ok}\n").code == 0
+
+
+def test_pruned_step_says_its_result_is_gone(cli, tmp_path):
+    df = "FROM busybox:latest\nRUN echo hi\n"
+    _build(cli, tmp_path, df, "pr:1")
+    cli("prune", "-a", "-f", check=True)
+    res = _build(cli, tmp_path, df, "pr:1")
+    assert "cache miss: same inputs as its last build, but that result is no longer cached" in res.stderr

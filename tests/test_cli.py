@@ -91,3 +91,39 @@ def test_images_digests_and_quiet(cli):
     assert any(digest in line for line in out[1:])
     ids = cli("images", "-q", check=True).stdout.split()
     assert ids and all(len(i) == 12 for i in ids)
+
+
+def test_non_utf8_dockerfile_and_non_tar_import_are_one_line_errors(cli, tmp_path):
+    ctx = tmp_path / "bad"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_bytes(b"FROM busybox:latest\nRUN echo \xff\n")
+    res = cli("-t", "bad:1", str(ctx))
+    assert res.code == 1 and "Dockerfile:2: not valid UTF-8 (byte 0xff)" in res.stderr
+    assert "Traceback" not in res.stderr
+    notatar = tmp_path / "notatar"
+    notatar.write_text("root:x:0:0::/root:/bin/sh\n")
+    res = cli("import", str(notatar), "x:1")
+    assert res.code == 1 and res.stderr.startswith(f"ERROR: import {notatar}: ") and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["build", "--memory", "1k", "."], "the minimum is 6m"),
+    (["build", "--cpus", "0.0001", "."], "at least 0.01"),
+    (["tag", "busybox:latest", "Bad:Tag"], "must be lowercase"),
+])
+def test_more_usage_errors(cli, args, message):
+    res = cli(*args)
+    assert res.code == 2 and message in res.stderr, res.stderr
+
+
+def test_help_for_a_command(cli):
+    res = cli("help", "build")
+    assert res.code == 0 and res.stdout.startswith("usage: pybuild build")
+
+
+def test_output_into_a_closed_pipe_is_quiet(cli, tmp_path):
+    cli("-t", "hello:1.0", str(SAMPLES / "hello"), check=True)
+    proc = subprocess.run(f"{sys.executable} -m pybuild history hello:1.0 | head -1", shell=True,
+                          capture_output=True, text=True, env=cli.env())
+    assert proc.stdout.startswith("IMAGE")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

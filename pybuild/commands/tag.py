@@ -15,16 +15,16 @@ def add_parser(sub) -> None:
 def run(args, store_factory) -> int:
     from pybuild.cache.content import BlobInfo
     from pybuild.commands._format import not_found
-    from pybuild.errors import PybuildError
+    from pybuild.errors import PybuildError, UsageError
     from pybuild.oci.reference import InvalidReference, parse_reference
     from pybuild.oci.store import ANNOTATION_CREATED, ImageNotFound, ImageStoreError
 
     try:
         target = parse_reference(args.target)
     except InvalidReference as exc:
-        raise PybuildError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if target.digest is not None:
-        raise PybuildError(f"refusing to create a tag with a digest reference: {args.target}")
+        raise UsageError(f"refusing to create a tag with a digest reference: {args.target}")
     store = store_factory()
     try:
         digest = store.images.resolve(args.source)
