@@ -24,7 +24,7 @@ def run(args, store_factory) -> int:
     except InvalidReference as exc:
         raise UsageError(str(exc)) from None
     if target.digest is not None:
-        raise UsageError(f"refusing to create a tag with a digest reference: {args.target}")
+        raise PybuildError(f"refusing to create a tag with a digest reference: {args.target}")
     store = store_factory()
     try:
         digest = store.images.resolve(args.source)
