@@ -21,6 +21,7 @@ failure or interruption; sandbox.run() owns its namespaces and mounts.
 from __future__ import annotations
 
 import copy as _copy
+import hashlib
 import os
 import re
 import shutil
@@ -45,7 +46,7 @@ from pybuild.cache.layers import LayerBlob, write_layer
 from pybuild.cache.view import LayeredView
 from pybuild.errors import BuildError
 from pybuild.grammar import DockerfileError, ast, expand_word, expand_words, parse
-from pybuild.oci.image import ImageRecord, new_config, write_image
+from pybuild.oci.image import ImageRecord, canonical_json, new_config, write_image
 from pybuild.oci.store import ImageNotFound
 from pybuild.progress import Reporter, Step
 from pybuild.sandbox import ProcessSpec, Resources, RootfsSpec, SandboxError, abort_all
@@ -481,7 +482,8 @@ class Solver:
                 upper.mkdir()
                 overlay_work.mkdir()
                 spec = ProcessSpec(args=args, env=run_env, cwd=cwd, user=user, network=network,
-                                   privileged=privileged, resources=self.opts.resources)
+                                   privileged=privileged, resources=self.opts.resources,
+                                   hostname=_short_id(definition))
                 status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work), stdin_data,
                                                    location(ins))
                 if status.oom_killed and status.code != 0:
@@ -658,6 +660,11 @@ class Solver:
             return layer
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _short_id(definition: dict) -> str:
+    """A RUN's host name: short, and the same every time the same step runs (reproducible output)."""
+    return hashlib.sha256(canonical_json(definition)).hexdigest()[:12]
 
 
 def _stop_signal(text: str, ins) -> str:

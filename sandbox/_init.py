@@ -554,8 +554,10 @@ def outer(cfg: dict, ctl: Ctl) -> int:
         flags |= CLONE_NEWNET
     try:
         join_cgroups(cfg.get("cgroup_procs") or [])
-        if cfg.get("cgroup_procs") and os.path.exists("/proc/self/ns/cgroup"):
-            flags |= CLONE_NEWCGROUP  # the run's cgroup becomes its cgroup root
+        if os.path.exists("/proc/self/ns/cgroup"):
+            # The run's cgroup (or, without limits, pybuild's) becomes its cgroup root:
+            # /proc/self/cgroup inside shows "/", not the host's hierarchy.
+            flags |= CLONE_NEWCGROUP
         unshare(flags)
     except SetupError as e:
         ctl.send(error=str(e))

@@ -412,3 +412,23 @@ def test_dockerignore_double_star_exception_brings_back_only_matching_files(cli,
     res = cli("-t", "ign2:1", str(ctx), check=True)
     listed = re.findall(r"^#\d+ [\d.]+ (/[cd]/\S*)$", res.stderr, re.M)
     assert listed == ["/c/dir/keep", "/c/dir/sub/keep", "/d/keep", "/d/sub/keep"]
+
+
+def test_classic_chroot_escape_stays_in_the_sandbox(cli, tmp_path):
+    """chroot into a subdir, fchdir back out, climb, chroot("."): with a plain chroot that lands on the
+    host root; after pivot_root with the old root unmounted it only reaches the sandbox's own root."""
+    if not shutil.which("gcc"):
+        pytest.fail("gcc is needed to build the escape program (it is on every machine of this kind)")
+    ctx = tmp_path / "escape"
+    ctx.mkdir()
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(ctx / "escape"),
+                    str(Path(__file__).parent / "data" / "escape" / "chroot_escape.c")], check=True)
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY escape /escape\nRUN /escape\n")
+    marker = Path("/pybuild-escape-marker")
+    marker.touch()
+    try:
+        res = cli("-t", "escape:1", str(ctx), check=True)
+    finally:
+        marker.unlink()
+    assert re.search(r"^#\d+ [\d.]+ contained$", res.stderr, re.M), res.stderr
+    assert "ESCAPED" not in res.stderr

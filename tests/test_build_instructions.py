@@ -187,3 +187,11 @@ def test_pruned_step_says_its_result_is_gone(cli, tmp_path):
     cli("prune", "-a", "-f", check=True)
     res = _build(cli, tmp_path, df, "pr:1")
     assert "cache miss: same inputs as its last build, but that result is no longer cached" in res.stderr
+
+
+def test_run_sees_its_own_hostname_and_cgroup_root(cli, tmp_path):
+    res = _build(cli, tmp_path, "FROM busybox:latest\nRUN hostname; cat /proc/self/cgroup | cut -d: -f3 | sort -u\n")
+    assert res.code == 0, res.stderr
+    lines = re.findall(r"^#\d+ [\d.]+ (.*)$", res.stderr, re.M)
+    assert re.fullmatch(r"[0-9a-f]{12}", lines[0])
+    assert set(lines[1:]) == {"/"}
