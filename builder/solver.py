@@ -79,6 +79,7 @@ class BuildOptions:
     ignore_file: str = ".dockerignore"
     resources: Resources | None = None       # cgroup limits for every RUN (not part of cache keys)
     allow: frozenset[str] = frozenset()      # entitlements, e.g. "security.insecure"
+    compression: str = "gzip"                # layer blobs: gzip, zstd or none (part of cache keys)
 
 
 @dataclass
@@ -385,6 +386,8 @@ class Solver:
         else:
             prepared = self._prepare_copy(ins, state, env, sp, results, cleanup)
         definition, execute, created_by, files = prepared
+        if self.opts.compression != "gzip":  # the recorded layer blob differs, so the key must too
+            definition = {**definition, "compression": self.opts.compression}
         key = step_key(state.key, definition)
         record = None if self.opts.no_cache else self.store.index.get(key)
         if record is not None:
@@ -493,7 +496,7 @@ class Solver:
                 if status.code != 0:
                     how = f"was killed by signal {status.signal}" if status.signal else f"exited {status.code}"
                     raise StepFailed(f"RUN {_one_line(ins.original)[4:]} {how}", location(ins), tail)
-                layer = write_layer(upper, self.store.content, overlay_upper=True,
+                layer = write_layer(upper, self.store.content, overlay_upper=True, compression=self.opts.compression,
                                     source_date_epoch=self.opts.source_date_epoch)
                 self.store.snapshots.commit_dir(layer.diff_id, upper)
                 return layer
@@ -655,7 +658,8 @@ class Solver:
             layer_dir = work / "upper"
             layer_dir.mkdir()
             fill(layer_dir)
-            layer = write_layer(layer_dir, self.store.content, source_date_epoch=self.opts.source_date_epoch)
+            layer = write_layer(layer_dir, self.store.content, compression=self.opts.compression,
+                                source_date_epoch=self.opts.source_date_epoch)
             self.store.snapshots.commit_dir(layer.diff_id, layer_dir)
             return layer
         finally:

@@ -31,18 +31,30 @@ try:  # optional, faster deflate
 except Exception:  # pragma: no cover - isal is not a hard dependency
     _isal_zlib = None
 
+try:  # needed only for compression="zstd" and for reading zstd layers
+    import zstandard as _zstd  # type: ignore
+except ImportError:  # pragma: no cover
+    _zstd = None
+
 __all__ = [
     "MEDIA_TYPE_LAYER_GZIP",
     "MEDIA_TYPE_LAYER_TAR",
+    "MEDIA_TYPE_LAYER_ZSTD",
+    "ZSTD_MAGIC",
     "LayerBlob",
     "LayerError",
     "write_layer",
     "unpack_layer",
     "unpack_tar_stream",
+    "open_decompressed",
 ]
 
 MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_TYPE_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_LEVEL = 3  # zstd's default; single-threaded, so the output is deterministic
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -102,10 +114,15 @@ class _LayerSink:
             self._q: queue.Queue = queue.Queue(maxsize=self._QUEUE_DEPTH)
             self._thread = threading.Thread(target=self._worker, name="layer-gzip", daemon=True)
             self._thread.start()
+        elif compression == "zstd":
+            self._comp = _zstd_module().ZstdCompressor(level=_ZSTD_LEVEL).compressobj()
+            self._q = queue.Queue(maxsize=self._QUEUE_DEPTH)
+            self._thread = threading.Thread(target=self._worker, name="layer-zstd", daemon=True)
+            self._thread.start()
         elif compression == "none":
             self._comp = None
         else:
-            raise ValueError(f"unknown compression {compression!r} (want 'gzip' or 'none')")
+            raise ValueError(f"unknown compression {compression!r} (want 'gzip', 'zstd' or 'none')")
 
     def _worker(self) -> None:
         q = self._q
@@ -162,6 +179,16 @@ class _LayerSink:
             self._thread = None
 
 
+def _zstd_module():
+    if _zstd is None:
+        raise LayerError("zstd layers need the 'zstandard' Python package (pip install zstandard)")
+    return _zstd
+
+
+def _media_type(compression: str) -> str:
+    return {"gzip": MEDIA_TYPE_LAYER_GZIP, "zstd": MEDIA_TYPE_LAYER_ZSTD}.get(compression, MEDIA_TYPE_LAYER_TAR)
+
+
 def _read_xattrs(path: str) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -203,7 +230,9 @@ def write_layer(
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise LayerError(f"layer source {src_dir} is not a directory")
-    media_type = MEDIA_TYPE_LAYER_GZIP if compression == "gzip" else MEDIA_TYPE_LAYER_TAR
+    if compression not in ("gzip", "zstd", "none"):
+        raise ValueError(f"unknown compression {compression!r} (want 'gzip', 'zstd' or 'none')")
+    media_type = _media_type(compression)
     with store.writer() as bw:
         sink = _LayerSink(bw, compression)
         try:
@@ -364,20 +393,66 @@ class _HashReader:
         return "sha256:" + self.hash.hexdigest()
 
 
+class _PeekReader:
+    """Re-serves the bytes already read by ``peek`` before the rest of ``f`` (for pipes)."""
+
+    def __init__(self, f, n: int = 4):
+        self._f = f
+        self._head = b""
+        while len(self._head) < n:
+            data = f.read(n - len(self._head))
+            if not data:
+                break
+            self._head += data
+        self.magic = self._head
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data = self._head + self._f.read()
+                self._head = b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            if len(data) < n:
+                data += self._f.read(n - len(data))
+            return data
+        return self._f.read(n)
+
+
+def open_decompressed(fileobj: BinaryIO):
+    """A reader of the uncompressed tar inside ``fileobj``: gzip (1f 8b), zstd (28 b5 2f fd)
+    or plain, detected by magic; works on pipes (never seeks)."""
+    peek = _PeekReader(fileobj, 4)
+    if peek.magic.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=peek, mode="rb")
+    if peek.magic == ZSTD_MAGIC:
+        return _zstd_module().ZstdDecompressor().stream_reader(peek, read_across_frames=True)
+    return peek
+
+
 def unpack_layer(store: ContentStore, layer: LayerBlob, dest: Path) -> None:
     """Unpack a stored layer into ``dest`` (overlay form), verifying both the
     blob digest and the diff_id of the uncompressed stream."""
     with store.open(layer.digest) as raw:
-        magic = raw.read(2)
+        magic = raw.read(4)
         raw.seek(0)
         outer = _HashReader(raw)
-        inner_src = gzip.GzipFile(fileobj=outer, mode="rb") if magic == b"\x1f\x8b" else outer
+        if magic.startswith(GZIP_MAGIC):
+            inner_src = gzip.GzipFile(fileobj=outer, mode="rb")
+        elif magic == ZSTD_MAGIC:
+            inner_src = _zstd_module().ZstdDecompressor().stream_reader(outer, read_across_frames=True)
+        else:
+            inner_src = outer
         inner = _HashReader(inner_src) if inner_src is not outer else outer
         try:
             _unpack(inner, dest, "r|")
             inner.drain()
             outer.drain()
         except (OSError, EOFError, zlib.error) as e:  # LayerError is not an OSError
+            raise LayerError(f"layer {layer.digest}: corrupt stream: {e}") from e
+        except Exception as e:
+            if _zstd is None or not isinstance(e, _zstd.ZstdError):
+                raise
             raise LayerError(f"layer {layer.digest}: corrupt stream: {e}") from e
         if outer.hexdigest() != layer.digest:
             raise LayerError(f"layer {layer.digest}: blob content hashes to {outer.hexdigest()}")
@@ -390,7 +465,18 @@ def unpack_layer(store: ContentStore, layer: LayerBlob, dest: Path) -> None:
 
 def unpack_tar_stream(fileobj: BinaryIO, dest: Path) -> None:
     """Unpack a tar stream (plain or compressed, auto-detected) into ``dest`` in overlay form."""
-    _unpack(fileobj, dest, "r|*")
+    peek = _PeekReader(fileobj, 4)
+    if peek.magic == ZSTD_MAGIC:
+        try:
+            _unpack(_zstd_module().ZstdDecompressor().stream_reader(peek, read_across_frames=True), dest, "r|")
+        except LayerError:
+            raise
+        except Exception as e:
+            if _zstd is not None and isinstance(e, _zstd.ZstdError):
+                raise LayerError(f"corrupt zstd stream: {e}") from e
+            raise
+        return
+    _unpack(peek, dest, "r|*")
 
 
 def _unpack(fileobj, dest: Path, mode: str) -> None:

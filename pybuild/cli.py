@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
     _add_resource_flags(b, "each RUN step")
     b.add_argument("--progress", choices=("auto", "plain"), default="auto", help="progress output")
+    b.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                   help="layer compression (default gzip)")
 
     i = sub.add_parser("images", help="list images in the local store")
     i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
@@ -64,12 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("-c", "--change", action="append", default=[],
                     help="Dockerfile instruction applied to the config: CMD, ENTRYPOINT, ENV, WORKDIR, USER")
 
-    ld = sub.add_parser("load", help="load images from an OCI image-layout tarball",
+    ld = sub.add_parser("load", help="load images from an OCI or docker archive (docker/podman save, skopeo)",
                         description="Example: pybuild load -i hello.tar")
     ld.add_argument("-i", "--input", required=True, help="tarball to read (- for stdin)")
 
-    s = sub.add_parser("save", help="write images to an OCI image-layout tarball")
+    s = sub.add_parser("save", help="write images to an OCI image-layout or docker-archive tarball")
     s.add_argument("-o", "--output", required=True, help="tarball to write")
+    s.add_argument("--format", choices=("oci", "docker"), default="oci",
+                   help="oci (image layout, default) or docker (docker save / docker load format)")
     s.add_argument("images", nargs="+", help="NAME[:TAG]")
 
     r = sub.add_parser("run", help="run a command in a new container from an image",
@@ -265,7 +269,7 @@ def cmd_build(args) -> int:
                            ignore_file=ignore_file,
                            build_args=_build_args(args.build_arg), target=args.target,
                            no_cache=args.no_cache, network=args.network, resources=_resources(args),
-                           allow=frozenset(args.allow),
+                           allow=frozenset(args.allow), compression=args.compression,
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
     store = _store(args)
     store.clean_stale()
@@ -386,7 +390,9 @@ def cmd_import(args) -> int:
 def cmd_load(args) -> int:
     from pybuild.cache.gc import build_lease
     from pybuild.cache.content import DigestMismatch
-    from pybuild.oci.archive import ArchiveError, load_oci_archive
+    from pybuild.cache.layers import LayerError
+    from pybuild.oci.archive import ArchiveError
+    from pybuild.oci.docker_archive import load_any
 
     store = _store(args)
     if args.input == "-":
@@ -397,8 +403,8 @@ def cmd_load(args) -> int:
             raise PybuildError(f"load: {args.input}: no such file")
     try:
         with build_lease(store.root):
-            loaded = load_oci_archive(source, store.content, store.images)
-    except (ArchiveError, DigestMismatch, ValueError, OSError) as exc:
+            loaded = load_any(source, store.content, store.images)
+    except (ArchiveError, DigestMismatch, LayerError, ValueError, OSError) as exc:
         raise PybuildError(f"load {args.input}: {exc}") from None
     for ref, digest in loaded:
         print(f"Loaded image: {ref}" if ref else f"Loaded image ID: {_image_id(store, digest)}")
@@ -408,6 +414,7 @@ def cmd_load(args) -> int:
 def cmd_save(args) -> int:
     from pybuild.cache.gc import build_lease
     from pybuild.oci.archive import save_oci_archive
+    from pybuild.oci.docker_archive import save_docker_archive
     from pybuild.oci.reference import parse_reference
     from pybuild.oci.store import ImageNotFound
 
@@ -421,8 +428,9 @@ def cmd_save(args) -> int:
     out = Path(args.output)
     if not out.parent.is_dir():
         raise PybuildError(f"save -o {args.output}: directory {str(out.parent)!r} does not exist")
+    save = save_docker_archive if args.format == "docker" else save_oci_archive
     with build_lease(store.root):
-        save_oci_archive(store.content, images, out)
+        save(store.content, images, out)
     return 0
 
 

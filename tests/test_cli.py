@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,3 +128,21 @@ def test_output_into_a_closed_pipe_is_quiet(cli, tmp_path):
                           capture_output=True, text=True, env=cli.env())
     assert proc.stdout.startswith("IMAGE")
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_zstd_build_then_docker_archive_round_trip(cli, tmp_path):
+    res = cli("build", "--compression", "zstd", "-t", "z:1", str(SAMPLES / "hello"), check=True)
+    assert "DONE" in res.stderr
+    index = json.loads((cli.root / "index.json").read_text())
+    digest = next(m["digest"] for m in index["manifests"]
+                  if m["annotations"]["org.opencontainers.image.ref.name"] == "z:1")
+    manifest = json.loads((cli.root / "blobs" / "sha256" / digest.split(":")[1]).read_text())
+    assert manifest["layers"][-1]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    archive = tmp_path / "z.tar"
+    cli("save", "--format", "docker", "-o", str(archive), "z:1", check=True)
+    if shutil.which("skopeo"):
+        out = subprocess.run(["skopeo", "inspect", f"docker-archive:{archive}"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    other = PybuildCLI(tmp_path / "other")
+    assert "Loaded image: z:1" in other("load", "-i", str(archive), check=True).stdout
+    assert "Hello from pybuild" in other("run", "z:1", check=True).stdout
