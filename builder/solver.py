@@ -170,8 +170,10 @@ class Solver:
         self.reporter.step_started(step)
         if unpacked:
             self.reporter.step_done(step)
+            self.reporter.step_cache_info(step, cached=False, reason="base image unpacked")
         else:
             self.reporter.step_cached(step)
+            self.reporter.step_cache_info(step, cached=True)
 
         for ins in instructions:
             if self.cancelled.is_set():
@@ -379,6 +381,15 @@ class Solver:
                     results: dict[int, Future], cleanup: list[Path]) -> None:
         step = Step(self._number(), label)
         self.reporter.step_started(step)
+        try:
+            self._run_step(step, ins, state, env, sp, results, cleanup)
+        except BuildError as exc:
+            self.reporter.step_failed(step, str(exc))
+            raise
+
+    def _run_step(self, step: Step, ins, state: StageState, env: dict[str, str], sp: StagePlan,
+                  results: dict[int, Future], cleanup: list[Path]) -> None:
+        label = step.label
         if isinstance(ins, ast.Run):
             prepared = self._prepare_run(ins, state)
         elif isinstance(ins, ast.Workdir):
@@ -392,8 +403,12 @@ class Solver:
         record = None if self.opts.no_cache else self.store.index.get(key)
         if record is not None:
             self.reporter.step_cached(step)
+            self.reporter.step_cache_info(step, cached=True, duration_s=time.monotonic() - step.started,
+                                          saved_s=record.duration_s,
+                                          bytes_reused=record.layer.size if record.layer else 0)
         else:
-            self.reporter.step_miss(step, self._miss_reason(state, ins, definition, files))
+            reason = self._miss_reason(state, ins, definition, files)
+            self.reporter.step_miss(step, reason)
             self.explainer.remember(state.key, ins.original, definition, files)
             started = time.monotonic()
             layer = execute(step)
@@ -402,6 +417,7 @@ class Solver:
             self.store.index.put(key, record)
             state.rebuilt = True
             self.reporter.step_done(step)
+            self.reporter.step_cache_info(step, cached=False, reason=reason, duration_s=record.duration_s)
         state.key = key
         if record.layer is not None:
             state.layers.append(record.layer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import signal
 import shutil
@@ -51,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--allow", action="append", default=[], choices=("security.insecure",),
                    help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
     _add_resource_flags(b, "each RUN step")
-    b.add_argument("--progress", choices=("auto", "plain"), default="auto", help="progress output")
+    b.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default="auto",
+                   help="progress output: auto (tty on a terminal, plain otherwise; $PYBUILD_PROGRESS), "
+                        "tty, plain, rawjson (one JSON event per line)")
+    b.add_argument("--cache-report", choices=("text", "json"), default=None,
+                   help="after the build, print which steps hit the cache and why others missed "
+                        "(text on stderr, json on stdout)")
     b.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                    help="layer compression (default gzip)")
 
@@ -238,7 +244,7 @@ def cmd_build(args) -> int:
     from pybuild.builder.solver import BuildOptions, StepFailed, build
     from pybuild.grammar import DockerfileError, parse
     from pybuild.oci.reference import InvalidReference, parse_reference
-    from pybuild.progress import PlainReporter
+    from pybuild.progress import make_reporter
 
     context = Path(args.context)
     if not context.is_dir():
@@ -273,12 +279,15 @@ def cmd_build(args) -> int:
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
     store = _store(args)
     store.clean_stale()
-    reporter = PlainReporter(quiet=args.quiet)
+    reporter = make_reporter(args.progress, sys.stderr, quiet=args.quiet)
     try:
-        record = build(store, reporter, options)
+        with reporter:  # close() ends a live display before anything else is printed
+            record = build(store, reporter, options)
     except StepFailed as exc:
+        _print_cache_report(args, reporter)
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
+    _print_cache_report(args, reporter)
     image_id = _image_id(store, record.manifest.digest)
     if args.quiet:
         print(image_id)
@@ -287,6 +296,15 @@ def cmd_build(args) -> int:
         for tag in args.tag:
             print(f"naming to {tag} done", file=sys.stderr)
     return 0
+
+
+def _print_cache_report(args, reporter) -> None:
+    from pybuild.progress import cache_report_json, render_cache_report
+
+    if args.cache_report == "json":
+        print(json.dumps(cache_report_json(reporter.summary), indent=2))
+    elif args.cache_report == "text":
+        sys.stderr.write(render_cache_report(reporter.summary))
 
 
 def _dockerignore(context: Path, dockerfile: Path):

@@ -146,3 +146,20 @@ def test_zstd_build_then_docker_archive_round_trip(cli, tmp_path):
     other = PybuildCLI(tmp_path / "other")
     assert "Loaded image: z:1" in other("load", "-i", str(archive), check=True).stdout
     assert "Hello from pybuild" in other("run", "z:1", check=True).stdout
+
+
+def test_cache_report_json_and_rawjson_progress(cli, tmp_path):
+    ctx = tmp_path / "hello"
+    shutil.copytree(SAMPLES / "hello", ctx)
+    cli("-t", "hello:1.0", str(ctx), check=True)
+    (ctx / "app.txt").write_text("changed\n")
+    res = cli("build", "--progress", "rawjson", "--cache-report", "json", "-t", "hello:1.0", str(ctx), check=True)
+    report = json.loads(res.stdout)
+    steps = {s["name"]: s for s in report["steps"]}
+    copy = next(s for name, s in steps.items() if "COPY app.txt" in name)
+    assert copy["result"] != "cached" and "app.txt" in copy["reason"]
+    run_adduser = next(s for name, s in steps.items() if "appuser" in name)
+    assert run_adduser["cached"] and run_adduser["bytes_reused"] > 0
+    assert report["summary"]["text"].startswith("7 steps: 4 cached")
+    events = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    assert {"vertex.started", "vertex.cached", "vertex.miss", "vertex.completed"} <= {e["type"] for e in events}
