@@ -207,18 +207,19 @@ def mark(store, *, include_cache: bool = True) -> Roots:
 # -- sweep --------------------------------------------------------------------------------------
 
 def dir_size(path: Path) -> int:
-    """Apparent size of the regular files under ``path`` (hard links counted once)."""
+    """Disk space used under ``path`` (allocated blocks of every entry, directories and the
+    small files that dominate snapshots included; hard links counted once), as `du` counts it."""
     total, seen = 0, set()
     for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames:
+        for name in [*dirnames, *filenames, ""]:
             try:
-                st = os.lstat(os.path.join(dirpath, name))
+                st = os.lstat(os.path.join(dirpath, name) if name else dirpath)
             except OSError:
                 continue
             if (st.st_dev, st.st_ino) in seen:
                 continue
             seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
+            total += st.st_blocks * 512
     return total
 
 

@@ -206,4 +206,6 @@ class SnapshotStore:
             os.rename(final, doomed)
             fsync_dir(self._snapshots)
         shutil.rmtree(doomed, ignore_errors=True)
+        # Callers hold the GC's exclusive lock, so no build can be waiting on this lock file.
+        (self._locks / f"snapshot-{_diff_hex(diff_id)}.lock").unlink(missing_ok=True)
         return True
