@@ -39,7 +39,7 @@ from pybuild.builder.context import ContextView
 from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.builder.explain import MissExplainer
 from pybuild.builder.keys import step_key
-from pybuild.builder.plan import PROXY_ARGS, BuildPlan, StagePlan, check_supported, location, plan, stage_index
+from pybuild.builder.plan import PROXY_ARGS, StagePlan, check_supported, location, plan, stage_index
 from pybuild.cache.gc import build_lease
 from pybuild.cache.index import CacheRecord
 from pybuild.cache.layers import LayerBlob, write_layer
@@ -129,7 +129,7 @@ class Solver:
         results: dict[int, Future] = {}
         with ThreadPoolExecutor(max_workers=max(1, len(build_plan.stages)), thread_name_prefix="stage") as pool:
             for sp in build_plan.stages:
-                results[sp.stage.index] = pool.submit(self._build_stage, sp, build_plan, results)
+                results[sp.stage.index] = pool.submit(self._build_stage, sp, results)
             try:
                 final: StageState = results[build_plan.target].result()
                 for f in results.values():
@@ -157,7 +157,7 @@ class Solver:
             return next(self._numbers)
 
     # -- stages -----------------------------------------------------------------------------------
-    def _build_stage(self, sp: StagePlan, bp: BuildPlan, results: dict[int, Future]) -> StageState:
+    def _build_stage(self, sp: StagePlan, results: dict[int, Future]) -> StageState:
         stage = sp.stage
         state, unpacked = self._base_state(sp, results)
         instructions = self._onbuild_triggers(state, sp) + list(stage.instructions)

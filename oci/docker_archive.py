@@ -179,7 +179,7 @@ def _is_layer(path: str, head: bytes, size: int) -> bool:
         return True
     if head and head == bytes(len(head)) and size % 512 == 0:
         return True  # an empty layer: just the end-of-archive blocks
-    return path.endswith(".tar") and not head.lstrip()[:1] in (b"{", b"[")
+    return path.endswith(".tar") and head.lstrip()[:1] not in (b"{", b"[")
 
 
 def _ingest_layer(src: BinaryIO, head: bytes, content: ContentStore) -> LayerBlob:
