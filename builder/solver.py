@@ -105,9 +105,10 @@ class Prepared(NamedTuple):
 
 
 class StepFailed(BuildError):
-    def __init__(self, message: str, location: str, log_tail: list[str]):
+    def __init__(self, message: str, location: str, log_tail: list[str], log_path: Path | None = None):
         super().__init__(message, location)
         self.log_tail = log_tail
+        self.log_path = log_path  # the step's whole output, never clipped
 
 
 class Solver:
@@ -503,15 +504,16 @@ class Solver:
                 spec = ProcessSpec(args=args, env=run_env, cwd=cwd, user=user, network=network,
                                    privileged=privileged, resources=self.opts.resources,
                                    hostname=_short_id(definition))
+                log_path = self.store.root / "logs" / f"{_short_id(definition)}.log"
                 status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work), stdin_data,
-                                                   location(ins))
+                                                   location(ins), log_path)
                 if status.oom_killed and status.code != 0:
                     limit = self.opts.resources.memory if self.opts.resources else None
                     raise StepFailed(f"RUN {_one_line(ins.original)[4:]} killed: out of memory"
-                                     + (f", limit {_mib(limit)}" if limit else ""), location(ins), tail)
+                                     + (f", limit {_mib(limit)}" if limit else ""), location(ins), tail, log_path)
                 if status.code != 0:
                     how = f"was killed by signal {status.signal}" if status.signal else f"exited {status.code}"
-                    raise StepFailed(f"RUN {_one_line(ins.original)[4:]} {how}", location(ins), tail)
+                    raise StepFailed(f"RUN {_one_line(ins.original)[4:]} {how}", location(ins), tail, log_path)
                 layer = write_layer(upper, self.store.content, overlay_upper=True, compression=self.opts.compression,
                                     source_date_epoch=self.opts.source_date_epoch)
                 self.store.snapshots.commit_dir(layer.diff_id, upper)
@@ -523,7 +525,9 @@ class Solver:
         return Prepared(definition, execute, created_by)
 
     def _run_streaming(self, step: Step, spec: ProcessSpec, rootfs: RootfsSpec, stdin_data: bytes | None,
-                       where: str):
+                       where: str, log_path: Path):
+        """Run the step, streaming its output to the reporter and, whole, to `log_path`."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         read_fd, write_fd = os.pipe()
         tail: list[str] = []
         stdin_fd = None
@@ -532,8 +536,9 @@ class Solver:
             threading.Thread(target=_feed, args=(feed_fd, stdin_data), daemon=True).start()
 
         def pump() -> None:
-            with os.fdopen(read_fd, "rb") as stream:
+            with os.fdopen(read_fd, "rb") as stream, open(log_path, "wb") as log:
                 for raw in stream:
+                    log.write(raw)
                     line = raw.decode("utf-8", "replace").rstrip("\n")
                     tail.append(line)
                     del tail[:-LOG_TAIL_LINES]

@@ -12,11 +12,13 @@ import difflib
 import json
 import os
 import signal
+import tempfile
 import shutil
 import sys
 from pathlib import Path
 
 from pybuild import __version__
+from pybuild.atomicfile import atomic_write, write_atomic
 from pybuild.errors import PybuildError, UsageError
 
 from pybuild.commands import discover as _discover_commands
@@ -60,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
                         "(text on stderr, json on stdout)")
     b.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                    help="layer compression (default gzip)")
+    b.add_argument("-o", "--output", metavar="SPEC",
+                   help="also write the result: type=oci|docker,dest=FILE[,name=REF] (archives), "
+                        "type=tar,dest=FILE (flattened filesystem), type=local,dest=DIR; a bare PATH means "
+                        "type=local,dest=PATH; type=image (the default) only stores and tags it")
+    b.add_argument("--iidfile", metavar="FILE", help="write the image id (config digest) to FILE")
+    b.add_argument("--metadata-file", metavar="FILE",
+                   help="write JSON with the image's manifest and config digests to FILE")
 
     i = sub.add_parser("images", help="list images in the local store")
     i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
@@ -269,6 +278,7 @@ def cmd_build(args) -> int:
     except DockerfileError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    output = _output_spec(args.output, args.tag) if args.output else None
     ignore, ignore_file = _dockerignore(context, dockerfile_path)
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag, ignore=ignore,
@@ -286,9 +296,19 @@ def cmd_build(args) -> int:
     except StepFailed as exc:
         _print_cache_report(args, reporter)
         print(f"ERROR: {exc}", file=sys.stderr)
+        if exc.log_path:
+            print(f"full output of the step: {exc.log_path}", file=sys.stderr)
         return 1
     _print_cache_report(args, reporter)
     image_id = _image_id(store, record.manifest.digest)
+    if output is not None:
+        _write_output(store, record.manifest.digest, output)
+    if args.iidfile:
+        write_atomic(args.iidfile, image_id.encode())
+    if args.metadata_file:
+        meta = {"containerimage.digest": record.manifest.digest, "containerimage.config.digest": image_id,
+                "image.name": ",".join(args.tag)}
+        write_atomic(args.metadata_file, json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
     if args.quiet:
         print(image_id)
     else:
@@ -296,6 +316,70 @@ def cmd_build(args) -> int:
         for tag in args.tag:
             print(f"naming to {tag} done", file=sys.stderr)
     return 0
+
+
+OUTPUT_TYPES = ("image", "oci", "docker", "tar", "local")
+
+
+def _output_spec(text: str, tags: list[str]) -> dict:
+    """Parse --output like buildx: `type=oci,dest=out.tar,name=app:1`, or a bare path (type=local)."""
+    from pybuild.oci.reference import InvalidReference, parse_reference
+
+    if "=" not in text:
+        spec = {"type": "local", "dest": text}
+    else:
+        spec = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not value:
+                raise UsageError(f"--output {text}: expected key=value pairs, got {part!r}")
+            spec[key.strip()] = value.strip()
+    kind = spec.setdefault("type", "image")
+    if kind not in OUTPUT_TYPES:
+        raise UsageError(f"--output {text}: unknown type {kind!r} (one of {', '.join(OUTPUT_TYPES)})")
+    unknown = set(spec) - {"type", "dest", "name"}
+    if unknown:
+        raise UsageError(f"--output {text}: unknown key {sorted(unknown)[0]!r}")
+    if kind != "image" and "dest" not in spec:
+        raise UsageError(f"--output {text}: type={kind} needs dest=")
+    if kind in ("oci", "docker"):
+        name = spec.get("name") or (tags[0] if tags else None)
+        if not name:
+            raise UsageError(f"--output {text}: an archive needs a name: add name=REF or -t")
+        try:
+            spec["ref"] = parse_reference(name)
+        except InvalidReference as exc:
+            raise UsageError(f"--output {text}: {exc}") from None
+    if kind in ("oci", "docker", "tar") and not Path(spec["dest"]).parent.is_dir():
+        raise UsageError(f"--output {text}: directory {str(Path(spec['dest']).parent)!r} does not exist")
+    return spec
+
+
+def _write_output(store, manifest_digest: str, spec: dict) -> None:
+    from pybuild.cache.gc import build_lease
+    from pybuild.cache.layers import unpack_tar_stream
+    from pybuild.commands.export import export_image
+    from pybuild.oci.archive import save_oci_archive
+    from pybuild.oci.docker_archive import save_docker_archive
+
+    kind, dest = spec["type"], spec.get("dest")
+    if kind == "oci":
+        with build_lease(store.root):
+            save_oci_archive(store.content, [(spec["ref"], manifest_digest)], Path(dest))
+    elif kind == "docker":
+        with build_lease(store.root):
+            save_docker_archive(store.content, [(spec["ref"], manifest_digest)], Path(dest))
+    elif kind == "tar":
+        with atomic_write(dest) as f:
+            export_image(store, manifest_digest, f)
+    elif kind == "local":
+        target = Path(dest)
+        if target.exists() and any(target.iterdir()):
+            raise PybuildError(f"--output type=local,dest={dest}: the directory is not empty")
+        with tempfile.TemporaryFile(dir=store.root / "tmp") as flat:
+            export_image(store, manifest_digest, flat)
+            flat.seek(0)
+            unpack_tar_stream(flat, target)
 
 
 def _print_cache_report(args, reporter) -> None:

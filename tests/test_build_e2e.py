@@ -152,6 +152,8 @@ def test_failing_run_names_the_line_leaves_no_mount_and_no_tag(cli, tmp_path):
     assert res.code == 1
     assert "some output" in res.stderr
     assert re.search(r"ERROR: .*Dockerfile:3: RUN echo some output && exit 7 exited 7", res.stderr), res.stderr
+    log = re.search(r"^full output of the step: (\S+)$", res.stderr, re.M)
+    assert log and Path(log.group(1)).read_text() == "some output\n"
     assert mountinfo() == before
     assert "fail" not in cli("images").stdout
     work_dirs = cli.root / "tmp"

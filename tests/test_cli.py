@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,25 @@ def test_cache_report_json_and_rawjson_progress(cli, tmp_path):
     assert report["summary"]["text"].startswith("7 steps: 4 cached")
     events = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
     assert {"vertex.started", "vertex.cached", "vertex.miss", "vertex.completed"} <= {e["type"] for e in events}
+
+
+def test_outputs_iidfile_and_metadata_file(cli, tmp_path):
+    iid, meta, archive, flat, local = (tmp_path / n for n in ("iid", "meta.json", "o.tar", "flat.tar", "dir"))
+    res = cli("build", "-q", "-t", "hello:1.0", "--iidfile", str(iid), "--metadata-file", str(meta),
+              "-o", f"type=oci,dest={archive}", str(SAMPLES / "hello"), check=True)
+    image_id = res.stdout.strip()
+    assert iid.read_text() == image_id
+    m = json.loads(meta.read_text())
+    assert m["containerimage.config.digest"] == image_id and m["image.name"] == "hello:1.0"
+    if shutil.which("skopeo"):
+        out = subprocess.run(["skopeo", "inspect", f"oci-archive:{archive}"], capture_output=True, text=True)
+        assert out.returncode == 0 and json.loads(out.stdout)["Digest"] == m["containerimage.digest"]
+    cli("build", "-q", "-o", f"type=tar,dest={flat}", str(SAMPLES / "hello"), check=True)
+    with tarfile.open(flat) as tf:
+        assert "app/app.txt" in tf.getnames()
+    cli("build", "-q", "-o", str(local), str(SAMPLES / "hello"), check=True)
+    assert (local / "app" / "app.txt").read_text() == (SAMPLES / "hello" / "app.txt").read_text()
+    res = cli("build", "-o", f"type=oci,dest={tmp_path / 'x.tar'}", str(SAMPLES / "hello"))
+    assert res.code == 2 and "needs a name" in res.stderr
+    res = cli("build", "-o", "type=registry", str(SAMPLES / "hello"))
+    assert res.code == 2 and "unknown type 'registry'" in res.stderr
