@@ -39,6 +39,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -273,6 +274,10 @@ def prune_cache(store, *, all: bool = False) -> list[str]:
                     continue
         store.index.delete(key)
         removed.append(key)
+    if all:
+        # Step logs (the builder's `logs/`) belong to the build cache. The small records of each
+        # step's last definition (`cache/last/`) stay: they let the next miss say "pruned".
+        shutil.rmtree(store.root / "logs", ignore_errors=True)
     return removed
 
 

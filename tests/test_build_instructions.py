@@ -195,3 +195,11 @@ def test_run_sees_its_own_hostname_and_cgroup_root(cli, tmp_path):
     lines = re.findall(r"^#\d+ [\d.]+ (.*)$", res.stderr, re.M)
     assert re.fullmatch(r"[0-9a-f]{12}", lines[0])
     assert set(lines[1:]) == {"/"}
+
+
+def test_prune_all_drops_step_logs(cli, tmp_path):
+    _build(cli, tmp_path, "FROM busybox:latest\nRUN echo logged\n")
+    logs = cli.root / "logs"
+    assert any(p.read_text() == "logged\n" for p in logs.iterdir())
+    cli("prune", "-a", "-f", check=True)
+    assert not logs.exists()
