@@ -462,6 +462,16 @@ def _changes(items: list[str]) -> dict:
     return out
 
 
+def _input_source(arg: str, command: str, *, directory_ok: bool):
+    """`-` is standard input; anything else must be an existing file (or directory, for import)."""
+    if arg == "-":
+        return sys.stdin.buffer
+    path = Path(arg)
+    if not (path.exists() if directory_ok else path.is_file()):
+        raise PybuildError(f"{command}: {arg}: no such file" + (" or directory" if directory_ok else ""))
+    return path
+
+
 def cmd_import(args) -> int:
     from pybuild.cache.gc import build_lease
     from pybuild.cache.layers import LayerError
@@ -474,12 +484,7 @@ def cmd_import(args) -> int:
         raise UsageError(str(exc)) from None
     changes = _changes(args.change)
     store = _store(args)
-    if args.source == "-":
-        source = sys.stdin.buffer
-    else:
-        source = Path(args.source)
-        if not source.exists():
-            raise PybuildError(f"import: {args.source}: no such file or directory")
+    source = _input_source(args.source, "import", directory_ok=True)
     try:
         with build_lease(store.root):  # blobs are written before the tag: keep GC away until then
             digest = import_rootfs(source, ref, store.content, store.images, changes=changes)
@@ -497,12 +502,7 @@ def cmd_load(args) -> int:
     from pybuild.oci.docker_archive import load_any
 
     store = _store(args)
-    if args.input == "-":
-        source = sys.stdin.buffer
-    else:
-        source = Path(args.input)
-        if not source.is_file():
-            raise PybuildError(f"load: {args.input}: no such file")
+    source = _input_source(args.input, "load", directory_ok=False)
     try:
         with build_lease(store.root):
             loaded = load_any(source, store.content, store.images)
