@@ -60,7 +60,7 @@ WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 
 _CHUNK = 1 << 20
@@ -189,7 +189,8 @@ def _media_type(compression: str) -> str:
     return {"gzip": MEDIA_TYPE_LAYER_GZIP, "zstd": MEDIA_TYPE_LAYER_ZSTD}.get(compression, MEDIA_TYPE_LAYER_TAR)
 
 
-def _read_xattrs(path: str) -> dict[str, bytes]:
+def read_xattrs(path: str) -> dict[str, bytes]:
+    """All xattrs of `path` (not following a symlink); {} where the filesystem has none."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as e:
@@ -266,7 +267,7 @@ def _write_tar(sink: _LayerSink, root: str, overlay_upper: bool, sde: int | None
         mtime = st.st_mtime_ns // 1_000_000_000
         if sde is not None and mtime > sde:
             mtime = sde
-        xattrs = _read_xattrs(path)
+        xattrs = read_xattrs(path)
 
         ti = tarfile.TarInfo(arc)
         ti.mode = stat.S_IMODE(mode)
@@ -294,7 +295,7 @@ def _write_tar(sink: _LayerSink, root: str, overlay_upper: bool, sde: int | None
                     )
 
         for k in sorted(xattrs):
-            if k.startswith(_OVERLAY_XATTR_PREFIXES):
+            if k.startswith(OVERLAY_XATTR_PREFIXES):
                 continue
             ti.pax_headers[_XATTR_PAX_PREFIX + k] = xattrs[k].decode("utf-8", "surrogateescape")
 
@@ -625,7 +626,7 @@ class _Unpacker:
             if not k.startswith(_XATTR_PAX_PREFIX):
                 continue
             name = k[len(_XATTR_PAX_PREFIX):]
-            if name.startswith(_OVERLAY_XATTR_PREFIXES):
+            if name.startswith(OVERLAY_XATTR_PREFIXES):
                 continue  # only whiteout markers may create overlay metadata
             out.append((name, v.encode("utf-8", "surrogateescape")))
         return out

@@ -142,17 +142,18 @@ class LayeredView:
         return sorted(n for n, visible in names.items() if visible)
 
     def walk(self, path: str) -> Iterator[Entry]:
-        """Every entry under directory `path` (not following symlinks below it), parents first."""
-        base = self.resolve(path)
-        stack = [base]
+        """Every entry under directory `path` (not following symlinks below it), in a fixed order:
+        a directory's children sorted by their bytes, then each subdirectory's, depth first."""
+        stack = [self.resolve(path)]
         while stack:
             parts = stack.pop()
-            for name in reversed(self.listdir("/" + "/".join(parts))):
+            subdirs = []
+            for name in sorted(self.listdir("/" + "/".join(parts)), key=os.fsencode):
                 child = parts + [name]
                 hit = self._lookup_raw(child)
                 if hit is None:
                     continue
                 yield Entry("/" + "/".join(child), hit[0], hit[1])
                 if stat.S_ISDIR(hit[1].st_mode):
-                    stack.append(child)
-            # depth-first, sorted: reversed push keeps the natural order on pop
+                    subdirs.append(child)
+            stack.extend(reversed(subdirs))  # pop order = sorted order

@@ -15,7 +15,6 @@ from __future__ import annotations
 NAME = "export"
 
 _CHUNK = 1 << 20
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
 def add_parser(sub) -> None:
@@ -26,25 +25,11 @@ def add_parser(sub) -> None:
 
 
 def _xattrs(path) -> dict[str, str]:
-    import errno
-    import os
+    """PAX records for the xattrs a flattened image keeps (overlayfs' own markers dropped)."""
+    from pybuild.cache.layers import OVERLAY_XATTR_PREFIXES, read_xattrs
 
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return {}
-        raise
-    out = {}
-    for n in sorted(names):
-        if n.startswith(_OVERLAY_XATTR_PREFIXES):
-            continue
-        try:
-            out["SCHILY.xattr." + n] = os.getxattr(path, n, follow_symlinks=False).decode("utf-8", "surrogateescape")
-        except OSError as e:
-            if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-    return out
+    return {"SCHILY.xattr." + n: v.decode("utf-8", "surrogateescape")
+            for n, v in sorted(read_xattrs(path).items()) if not n.startswith(OVERLAY_XATTR_PREFIXES)}
 
 
 def write_flat_tar(layer_dirs, fileobj) -> None:
@@ -60,57 +45,46 @@ def write_flat_tar(layer_dirs, fileobj) -> None:
     inodes: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
-        stack: list[list[str]] = [[]]
-        while stack:
-            parts = stack.pop()
-            names = sorted(view.listdir("/" + "/".join(parts)), key=os.fsencode)
-            subdirs = []
-            for name in names:
-                child = parts + [name]
-                hit = view._lookup_raw(child)  # no symlink following: entries are taken as they are
-                if hit is None:
-                    continue
-                real, st = hit
-                arc = "/".join(child)
-                ti = tarfile.TarInfo(arc)
-                ti.mode = stat.S_IMODE(st.st_mode)
-                ti.uid, ti.gid = st.st_uid, st.st_gid
-                ti.uname = ti.gname = ""
-                ti.mtime = st.st_mtime_ns // 1_000_000_000
-                ti.pax_headers = _xattrs(real)
-                mode = st.st_mode
-                data = None
-                if stat.S_ISDIR(mode):
-                    ti.type = tarfile.DIRTYPE
-                    subdirs.append(child)
-                elif stat.S_ISSOCK(mode):
-                    continue
-                elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in inodes:
-                    ti.type = tarfile.LNKTYPE
-                    ti.linkname = inodes[(st.st_dev, st.st_ino)]
-                elif stat.S_ISREG(mode):
-                    ti.type = tarfile.REGTYPE
-                    ti.size = st.st_size
-                    data = real
-                elif stat.S_ISLNK(mode):
-                    ti.type = tarfile.SYMTYPE
-                    ti.linkname = os.readlink(real)
-                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                    ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-                    ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                elif stat.S_ISFIFO(mode):
-                    ti.type = tarfile.FIFOTYPE
-                else:  # pragma: no cover
-                    continue
-                if st.st_nlink > 1 and not stat.S_ISDIR(mode) and ti.type != tarfile.LNKTYPE:
-                    inodes[(st.st_dev, st.st_ino)] = arc
-                if data is None:
-                    tar.addfile(ti)
-                else:
-                    fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    with os.fdopen(fd, "rb") as f:
-                        tar.addfile(ti, f)
-            stack.extend(reversed(subdirs))  # pop order = sorted order, depth first
+        for entry in view.walk("/"):  # symlinks are entries as they are, never followed
+            real, st = entry.real, entry.st
+            arc = entry.path[1:]
+            ti = tarfile.TarInfo(arc)
+            ti.mode = stat.S_IMODE(st.st_mode)
+            ti.uid, ti.gid = st.st_uid, st.st_gid
+            ti.uname = ti.gname = ""
+            ti.mtime = st.st_mtime_ns // 1_000_000_000
+            ti.pax_headers = _xattrs(real)
+            mode = st.st_mode
+            data = None
+            if stat.S_ISDIR(mode):
+                ti.type = tarfile.DIRTYPE
+            elif stat.S_ISSOCK(mode):
+                continue
+            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in inodes:
+                ti.type = tarfile.LNKTYPE
+                ti.linkname = inodes[(st.st_dev, st.st_ino)]
+            elif stat.S_ISREG(mode):
+                ti.type = tarfile.REGTYPE
+                ti.size = st.st_size
+                data = real
+            elif stat.S_ISLNK(mode):
+                ti.type = tarfile.SYMTYPE
+                ti.linkname = os.readlink(real)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+                ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            elif stat.S_ISFIFO(mode):
+                ti.type = tarfile.FIFOTYPE
+            else:  # pragma: no cover
+                continue
+            if st.st_nlink > 1 and not stat.S_ISDIR(mode) and ti.type != tarfile.LNKTYPE:
+                inodes[(st.st_dev, st.st_ino)] = arc
+            if data is None:
+                tar.addfile(ti)
+            else:
+                fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                with os.fdopen(fd, "rb") as f:
+                    tar.addfile(ti, f)
 
 
 def export_image(store, image: str, fileobj) -> None:
