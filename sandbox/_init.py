@@ -313,6 +313,27 @@ def mount_etc_files(cfg: dict, root: str, stubs: list[str]) -> None:
         mount(os.path.join(cfg["tmp"], "etc", name), target, None, MS_BIND)
 
 
+def mount_requested(cfg: dict, root: str, stubs: list[str]) -> None:
+    """The caller's bind and tmpfs mounts (runner.Mount), in order, targets resolved in root."""
+    for m in cfg.get("mounts") or []:
+        if m["type"] == "bind":
+            is_dir = os.path.isdir(m["source"])
+            target = ensure_mountpoint(root, m["target"], is_dir, stubs)
+            if target is None:
+                kind = "directory" if is_dir else "file"
+                raise SetupError(f"cannot mount {m['source']} at {m['target']}: "
+                                 f"something other than a {kind} is in the way")
+            mount(m["source"], target, None, MS_BIND | MS_REC)
+            flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (MS_RDONLY if m["readonly"] else 0)
+            mount(None, target, None, flags)
+        else:
+            target = ensure_mountpoint(root, m["target"], True, stubs)
+            if target is None:
+                raise SetupError(f"cannot mount a tmpfs at {m['target']}: it is not a directory")
+            flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if m["readonly"] else 0)
+            mount("tmpfs", target, "tmpfs", flags, ",".join(m["options"]) or None)
+
+
 def loopback_up() -> None:
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -444,7 +465,10 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
         mount_overlay(cfg, root)
         mount_proc_sys_dev(cfg, root, stubs)
         mount_etc_files(cfg, root, stubs)
-        ctl.send(stubs=stubs)
+        try:
+            mount_requested(cfg, root, stubs)
+        finally:
+            ctl.send(stubs=stubs)  # also after a failed mount: what was created must go
         mask_paths(root)
         if cfg["upperdir"] is None:
             mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)

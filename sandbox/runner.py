@@ -23,13 +23,37 @@ from pathlib import Path
 from . import _init, cgroups, policy
 from .cgroups import CgroupError, Resources
 
-__all__ = ["ExitStatus", "ProcessSpec", "Resources", "RootfsSpec", "SandboxError", "abort_all", "run"]
+__all__ = ["ExitStatus", "Mount", "ProcessSpec", "Resources", "RootfsSpec", "SandboxError", "abort_all", "run"]
 
 _INIT_SCRIPT = str(Path(_init.__file__).resolve())
 
 # Entries of the upper dir that may be turned into mount-point stubs; checked before the run so
 # a whiteout that was there can be put back after the stub is removed.
 _STUB_CANDIDATES = ("proc", "dev", "sys", "etc", "etc/hosts", "etc/resolv.conf", "etc/hostname")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A mount the sandbox places in the container's root before the command starts.
+
+    ``type="bind"``: the host path ``source`` (a file or a directory; the caller owns it, the
+    sandbox never deletes or changes it) is bind-mounted recursively at ``target``, always
+    nosuid and nodev, and read-only when ``readonly``.  ``type="tmpfs"``: an empty tmpfs at
+    ``target`` (``options`` are its mount data items, e.g. ``("size=64m", "mode=1777")``),
+    gone when the run ends.
+
+    ``target`` is resolved inside the root, so a symlink in the image cannot send the mount to
+    the host.  A target missing from the rootfs is created as a stub (a dir, or an empty file
+    for a file bind) and removed from the upper dir afterwards: mount points never enter a
+    layer.  Mounts are applied in list order after /proc, /dev, /sys and /etc/hosts, so a
+    later mount may cover an earlier one.
+    """
+
+    type: str
+    target: str
+    source: Path | None = None
+    readonly: bool = False
+    options: tuple[str, ...] = ()
 
 
 @dataclass
@@ -44,6 +68,7 @@ class ProcessSpec:
     privileged: bool = False
     # cgroup limits (cgroups.py); None = no cgroup is created
     resources: Resources | None = None
+    mounts: list[Mount] = field(default_factory=list)
 
 
 @dataclass
@@ -129,11 +154,42 @@ def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
             raise SandboxError(f"invalid environment variable name {k!r}")
     if not spec.hostname or len(spec.hostname) > 64:
         raise SandboxError(f"invalid hostname {spec.hostname!r}")
+    for m in spec.mounts:
+        _validate_mount(m)
     if spec.resources is not None:
         try:
             spec.resources.validate()
         except CgroupError as e:
             raise SandboxError(str(e)) from None
+
+
+def _validate_mount(m: Mount) -> None:
+    if not isinstance(m.target, str) or not m.target.startswith("/") or "\0" in m.target:
+        raise SandboxError(f"mount target {m.target!r} is not an absolute path")
+    if m.type == "bind":
+        if m.source is None or not os.path.isabs(str(m.source)) or "\0" in str(m.source):
+            raise SandboxError(f"bind mount at {m.target}: source {m.source!r} is not an absolute path")
+        if not os.path.exists(m.source):
+            raise SandboxError(f"bind mount at {m.target}: source {str(m.source)!r} does not exist")
+        if m.options:
+            raise SandboxError(f"bind mount at {m.target}: options are for tmpfs mounts")
+    elif m.type == "tmpfs":
+        if m.source is not None:
+            raise SandboxError(f"tmpfs mount at {m.target} takes no source")
+        for o in m.options:
+            if not o or any(c in o for c in ",\0\n"):
+                raise SandboxError(f"tmpfs mount at {m.target}: invalid option {o!r}")
+    else:
+        raise SandboxError(f"unknown mount type {m.type!r} (bind or tmpfs)")
+
+
+def _mount_stub_candidates(mounts: list[Mount]) -> list[str]:
+    """Upper-dir paths a mount may turn into stubs: each target and its parents, lexically."""
+    out = []
+    for m in mounts:
+        comps = [c for c in m.target.split("/") if c not in ("", ".", "..")]
+        out.extend("/".join(comps[: i + 1]) for i in range(len(comps)))
+    return out
 
 
 def _write_etc(tmp: str, spec: ProcessSpec) -> None:
@@ -301,7 +357,8 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
     lowerdirs = [str(p) for p in rootfs.lowerdirs]
     upper = None if rootfs.upperdir is None else str(rootfs.upperdir)
     work = None if rootfs.workdir is None else str(rootfs.workdir)
-    before = {rel: _lstat_rel(upper, rel) for rel in _STUB_CANDIDATES} if upper else {}
+    candidates = list(_STUB_CANDIDATES) + _mount_stub_candidates(spec.mounts)
+    before = {rel: _lstat_rel(upper, rel) for rel in candidates} if upper else {}
 
     _sweep_stale_tmp()
     if spec.resources is None:  # with limits, cgroups.create sweeps
@@ -329,6 +386,9 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
             "lowerdirs": lowerdirs, "upperdir": upper, "workdir": work,
             "ctl_fd": ctl_w, "parent_pid": os.getpid(), "privileged": bool(spec.privileged),
             "cgroup_procs": cg.procs_files() if cg is not None else [],
+            "mounts": [{"type": m.type, "target": m.target,
+                        "source": None if m.source is None else str(m.source),
+                        "readonly": bool(m.readonly), "options": list(m.options)} for m in spec.mounts],
         }
         bpf = None if spec.privileged else _seccomp_program()
         if bpf is not None:
