@@ -6,14 +6,18 @@ Usage: python bench/bench_parse.py [N]     (N = runs per measurement, median rep
 1. Generates a 500-line multi-stage Dockerfile (every instruction kind, continuations, flags,
    quoted ENV/LABEL values, ${VAR} references, a heredoc).
 2. In the same process and interleaved, times
-     pybuild:          pybuild.grammar.parse(text) + expand_word() of every word BuildKit expands
+     pybuild (fast):   pybuild.grammar.parse(text) + expand_word() of every word BuildKit expands
                        (FROM, ARG/ENV/LABEL values, COPY/ADD sources/dest and flags, WORKDIR, USER,
                         EXPOSE, VOLUME, STOPSIGNAL), with ARG/ENV scoping applied
+     pybuild (lark):   the same with parse(text, engine="lark"), the grammar-only path (the
+                       "before" figure: every instruction head and JSON array through lark)
      dockerfile-parse: DockerfileParser(fileobj=...).structure   (parse only, it has no expansion
                        of its own at that level)
-   and prints both medians and the ratio pybuild / dockerfile-parse (issue 3 wants <= 1.0).
+   and prints the medians and the ratios to dockerfile-parse (issue 3 wants <= 1.0).
 3. Process start-up, median of N: `python3 -c pass`, `python3 -c "import pybuild.grammar"`,
-   `python3 -c "...parse('FROM a')"` (loads the cached grammar) and `pybuild --version`.
+   `python3 -c "...parse('FROM a')"` (and with engine="lark", which loads lark's cached grammar),
+   `pybuild --version`, and `pybuild parse` / `pybuild check`
+   of a small Dockerfile (against an empty, not created, state directory).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -66,11 +71,11 @@ def make_dockerfile(lines: int = 500) -> str:
     return "\n".join(out) + "\n"
 
 
-def pybuild_parse_expand(text: str) -> int:
+def pybuild_parse_expand(text: str, engine: str = "fast") -> int:
     from pybuild.grammar import ast as A
     from pybuild.grammar import expand_word, parse
 
-    df = parse(text)
+    df = parse(text, engine=engine)
     esc = df.escape
     n = 0
     global_env: dict[str, str] = {}
@@ -134,30 +139,46 @@ def main() -> int:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # users get byte-code caching
     text = make_dockerfile(500)
     assert text.count("\n") >= 490
-    words = pybuild_parse_expand(text)  # warm up: builds/loads the lark grammar once
+    words = pybuild_parse_expand(text)  # warm up: compiles the regexes once
+    pybuild_parse_expand(text, "lark")  # builds/loads the lark grammar once
     dockerfile_parse(text)
-    ours, theirs = [], []
-    for _ in range(n):  # interleaved so both see the same machine state
-        ours.append(timed(pybuild_parse_expand, text))
+    fast, lark, theirs = [], [], []
+    for _ in range(n):  # interleaved so all three see the same machine state
+        fast.append(timed(pybuild_parse_expand, text))
+        lark.append(timed(pybuild_parse_expand, text, "lark"))
         theirs.append(timed(dockerfile_parse, text))
-    mo, mt = statistics.median(ours), statistics.median(theirs)
+    mf, ml, mt = statistics.median(fast), statistics.median(lark), statistics.median(theirs)
     print(f"dockerfile: {text.count(chr(10))} lines, {words} words expanded by pybuild; median of {n} runs")
-    print(f"pybuild parse+expand   {mo * 1000:8.2f} ms")
-    print(f"dockerfile-parse parse {mt * 1000:8.2f} ms")
-    print(f"ratio pybuild/dockerfile-parse = {mo / mt:.2f}  (target <= 1.0)")
+    print(f"pybuild parse+expand (fast path)   {mf * 1000:8.2f} ms")
+    print(f"pybuild parse+expand (lark path)   {ml * 1000:8.2f} ms")
+    print(f"dockerfile-parse parse             {mt * 1000:8.2f} ms")
+    print(f"ratio fast/dockerfile-parse = {mf / mt:.2f}  (target <= 1.0)")
+    print(f"ratio lark/dockerfile-parse = {ml / mt:.2f}  (before the fast path)")
 
     py = sys.executable
     pybuild = shutil.which("pybuild") or ""
     rows = [
         ("python3 -c pass", [py, "-c", "pass"]),
         ("python3 -c 'import pybuild.grammar'", [py, "-c", "import pybuild.grammar"]),
-        ("python3 -c 'parse(\"FROM a\")' (cached grammar)",
+        ("python3 -c 'parse(\"FROM a\")'",
          [py, "-c", "import pybuild.grammar as g; g.parse('FROM a')"]),
+        ("python3 -c 'parse(\"FROM a\", engine=\"lark\")' (cached grammar)",
+         [py, "-c", "import pybuild.grammar as g; g.parse('FROM a', engine='lark')"]),
         ("pybuild --version", [pybuild, "--version"] if pybuild else [py, "-m", "pybuild", "--version"]),
     ]
-    for label, cmd in rows:
-        startup(cmd, 2)  # warm the byte-code and lark caches
-        print(f"{label:48s} {startup(cmd, n) * 1000:8.1f} ms")
+    with tempfile.TemporaryDirectory() as tmp:
+        small = os.path.join(tmp, "Dockerfile")
+        with open(small, "w", encoding="utf-8") as fh:
+            fh.write('FROM busybox\nARG V=1\nENV APP=/app\nWORKDIR $APP\nCOPY . .\nRUN echo $V\nCMD ["sh"]\n')
+        os.environ["PYBUILD_ROOT"] = os.path.join(tmp, "no-store")  # check must not find (or make) one
+        cli = [pybuild] if pybuild else [py, "-m", "pybuild"]
+        rows += [
+            ("pybuild parse --json <7-line file>", [*cli, "parse", "--json", small]),
+            ("pybuild check -f <7-line file>", [*cli, "check", "-f", small, tmp]),
+        ]
+        for label, cmd in rows:
+            startup(cmd, 2)  # warm the byte-code and lark caches
+            print(f"{label:58s} {startup(cmd, n) * 1000:8.1f} ms")
     return 0
 
 

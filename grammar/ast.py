@@ -6,6 +6,7 @@ expansion happens later with :func:`pybuild.grammar.expand.expand_word`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar, Union
 
@@ -21,10 +22,15 @@ Flags = tuple[tuple[str, Union[str, None]], ...]
 
 @dataclass(frozen=True)
 class SourceSpan:
+    """Where an instruction is: 1-based lines (``end_line`` includes continuation lines and heredoc
+    bodies) and the keyword's column.  ``empty_continuation_lines`` lists the blank lines inside its
+    continuation, which the parser skips and BuildKit's ``NoEmptyContinuation`` rule reports."""
+
     file: str
     start_line: int
     end_line: int
     start_col: int = 1
+    empty_continuation_lines: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,34 @@ class Onbuild(Instruction):
     instruction: Instruction
 
 
+def _fast_init(cls: type) -> None:
+    """Give the frozen dataclass ``cls`` an ``__init__`` that fills ``__dict__`` directly.
+
+    The generated frozen ``__init__`` sets each field through ``object.__setattr__``; the parser
+    builds a few objects per instruction and that was a measurable part of parsing (see
+    bench/bench_parse.py).  Same signature and defaults; instances stay frozen (assignment and
+    deletion still raise).  Classes with ``default_factory`` fields keep the generated one.
+    """
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    if any(f.default_factory is not dataclasses.MISSING for f in fields):
+        return
+    defaults = {f"_d_{f.name}": f.default for f in fields if f.default is not dataclasses.MISSING}
+
+    def param(f: dataclasses.Field) -> str:
+        return f.name + (f"=_d_{f.name}" if f.default is not dataclasses.MISSING else "")
+
+    positional = [param(f) for f in fields if not f.kw_only]
+    keyword = [param(f) for f in fields if f.kw_only]
+    params = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])
+    body = "".join(f"    d[{f.name!r}] = {f.name}\n" for f in fields) or "    pass\n"
+    src = f"def __init__({params}):\n    d = self.__dict__\n{body}"
+    namespace: dict[str, object] = {}
+    exec(src, defaults, namespace)  # noqa: S102 - source built above from the class's own field names
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
+    cls.__init__ = init  # type: ignore[misc]
+
+
 INSTRUCTION_CLASSES: dict[str, type[Instruction]] = {
     cls.keyword: cls
     for cls in (From, Run, Cmd, Entrypoint, Env, Arg, Label, Expose, Workdir, User, Copy, Add,
@@ -302,3 +336,8 @@ class Dockerfile:
             if st.name == key:
                 return st
         raise KeyError(name_or_index)
+
+
+for _cls in (SourceSpan, ShellForm, ExecForm, Heredoc, *INSTRUCTION_CLASSES.values(), Stage):
+    _fast_init(_cls)
+del _cls

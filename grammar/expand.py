@@ -365,7 +365,51 @@ def expand_word(word: str, env: Mapping[str, str], *, escape: str = "\\") -> str
     """
     if "$" not in word and "'" not in word and '"' not in word and escape not in word:
         return word  # nothing to expand or unquote: the lexer would return it unchanged
+    if escape not in word and word.isascii():
+        simple = _expand_simple(word, env)
+        if simple is not None:
+            return simple
     return Lex(escape).process(word, env)[0]
+
+
+# The common shapes of a word, read by regex instead of the character-by-character lexer: literal
+# text, '...' (kept as is), "..." holding literal text and plain references, and $NAME / ${NAME}.
+# Only for ASCII words without the escape character (non-ASCII letters can continue a name).
+# Possessive quantifiers: "$ABC" inside quotes must not be re-read as "$A" + "BC" when the quoted
+# part fails to match (that backtracking is exponential in the number of references).
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*+"
+_RE_SIMPLE_REF = re.compile(rf"\$(?:({_NAME})|\{{({_NAME})\}})")
+_RE_SIMPLE_TOKEN = re.compile(
+    rf"""([^'"$]+)|'([^']*)'|"((?:[^"$]++|\$(?:{_NAME}|\{{{_NAME}\}}))*+)"|\$({_NAME})|\$\{{({_NAME})\}}"""
+)
+
+
+def _lookup(env: Mapping[str, str], name: str) -> str:
+    return env[name] if name in env else ""
+
+
+def _expand_simple(word: str, env: Mapping[str, str]) -> str | None:
+    """``word`` expanded, or ``None`` if it has a shape only the lexer reads (an operator such as
+    ``${V:-x}``, ``$1``, ``$@``, a lone ``$``, an unterminated quote)."""
+    out: list[str] = []
+    pos, n = 0, len(word)
+    match = _RE_SIMPLE_TOKEN.match
+    while pos < n:
+        m = match(word, pos)
+        if m is None:
+            return None
+        literal, single, double, name1, name2 = m.groups()
+        if literal is not None:
+            out.append(literal)
+        elif single is not None:
+            out.append(single)
+        elif double is not None:
+            out.append(_RE_SIMPLE_REF.sub(lambda r: _lookup(env, r.group(1) or r.group(2)), double)
+                       if "$" in double else double)
+        else:
+            out.append(_lookup(env, name1 or name2))
+        pos = m.end()
+    return "".join(out)
 
 
 def expand_words(text: str, env: Mapping[str, str], *, escape: str = "\\") -> list[str]:

@@ -6,7 +6,8 @@ Mirrors moby/buildkit frontend/dockerfile/parser/parser.go ``Parse``:
 * parser directives (``# escape=``, ``# syntax=``, ``# check=``) are only recognised before the
   first line that is not a directive (a blank line, a plain comment or an instruction ends them);
 * comment lines start with ``#`` after optional leading whitespace; they are dropped, also
-  inside a continuation, as are blank lines inside a continuation;
+  inside a continuation, as are blank lines inside a continuation (their line numbers are kept in
+  :attr:`LogicalLine.empty_continuation_lines` for BuildKit's ``NoEmptyContinuation`` warning);
 * a line ending in the escape character (followed only by spaces/tabs) continues on the next line.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import DockerfileError
 
@@ -24,23 +25,28 @@ KNOWN_DIRECTIVES = ("syntax", "escape", "check")
 _RE_DIRECTIVE = re.compile(r"^#[ \t]*([a-zA-Z][a-zA-Z0-9]*)[ \t]*=[ \t]*(.+?)[ \t]*\Z")
 
 
-@dataclass(frozen=True)
-class LogicalLine:
+class LogicalLine(NamedTuple):  # a named tuple: one is built per instruction, this is the cheapest
     """One instruction's text with continuations joined.
 
     ``segments`` maps offsets in ``text`` back to the source: ``(offset, line, col)`` means
     ``text[offset]`` is at ``line:col`` (1-based) and following characters follow on that line.
+    ``empty_continuation_lines`` are the blank lines skipped inside the continuation.
     """
 
     text: str
     start_line: int
     end_line: int
     segments: tuple[tuple[int, int, int], ...]
+    empty_continuation_lines: tuple[int, ...] = ()
 
     def position(self, offset: int) -> tuple[int, int]:
-        offsets = [seg[0] for seg in self.segments]
+        segments = self.segments
+        if len(segments) == 1:
+            _, line, col = segments[0]
+            return line, col + offset
+        offsets = [seg[0] for seg in segments]
         i = max(bisect.bisect_right(offsets, offset) - 1, 0)
-        start, line, col = self.segments[i]
+        start, line, col = segments[i]
         return line, col + (offset - start)
 
 
@@ -58,12 +64,11 @@ class LineReader:
         if lines and lines[-1] == "":
             lines.pop()
         self.filename = filename
-        self.lines = [ln.rstrip("\r") for ln in lines]
+        self.lines = [ln.rstrip("\r") for ln in lines] if "\r" in text else lines
         self.pos = 0  # index of the next physical line to read
         self.directives: dict[str, str] = {}
         self.escape = "\\"
         self._directives_done = False
-        self._set_escape("\\")
 
     # -- helpers ---------------------------------------------------------------------------------
     def source_line(self, line: int) -> str:
@@ -72,13 +77,7 @@ class LineReader:
     def error(self, line: int, col: int, message: str) -> DockerfileError:
         return DockerfileError(self.filename, line, col, message, self.source_line(line))
 
-    def _set_escape(self, esc: str) -> None:
-        self.escape = esc
-        self._continuation = re.compile(re.escape(esc) + r"[ \t]*\Z")
-
     def _directive(self, stripped: str, lineno: int) -> None:
-        if self._directives_done:
-            return
         m = _RE_DIRECTIVE.match(stripped)
         if m is None or m.group(1).lower() not in KNOWN_DIRECTIVES:
             self._directives_done = True
@@ -90,45 +89,57 @@ class LineReader:
         if key == "escape":
             if value not in ("\\", "`"):
                 raise self.error(lineno, col, f"invalid escape token {value!r} does not match ^[\\\\`]$")
-            self._set_escape(value)
+            self.escape = value
         self.directives[key] = value
 
     def _trim_continuation(self, line: str) -> tuple[str, bool]:
-        m = self._continuation.search(line)
-        if m is not None:
-            return line[: m.start()], False
+        """``(line without the continuation marker, True if the instruction ends here)``.
+
+        The marker is the escape character followed only by spaces and tabs.
+        """
+        trimmed = line.rstrip(" \t")
+        if trimmed.endswith(self.escape):
+            return trimmed[:-1], False
         return line, True
 
     # -- public ----------------------------------------------------------------------------------
     def next_line(self) -> LogicalLine | None:
         """Next logical (instruction) line, or ``None`` at end of file."""
-        while self.pos < len(self.lines):
-            raw = self.lines[self.pos]
+        lines = self.lines
+        n = len(lines)
+        while self.pos < n:
+            raw = lines[self.pos]
             self.pos += 1
             lineno = self.pos
             stripped = raw.lstrip()
-            self._directive(stripped, lineno)
+            if not self._directives_done:
+                self._directive(stripped, lineno)
             if stripped.startswith("#"):
                 continue
             self._directives_done = True
             col = len(raw) - len(stripped) + 1
             text, eol = self._trim_continuation(stripped)
-            if eol and text.strip() == "":
-                continue
+            if eol:
+                if text.strip() == "":
+                    continue
+                return LogicalLine(text, lineno, lineno, ((0, lineno, col),))
             segments = [(0, lineno, col)]
-            while not eol and self.pos < len(self.lines):
-                raw = self.lines[self.pos]
+            empty: list[int] = []
+            while not eol and self.pos < n:
+                raw = lines[self.pos]
                 self.pos += 1
-                if _is_comment(raw) or raw.strip() == "":
+                if _is_comment(raw):
+                    continue
+                if raw.strip() == "":
+                    empty.append(self.pos)
                     continue
                 piece, eol = self._trim_continuation(raw)
                 segments.append((len(text), self.pos, 1))
                 text += piece
             if text.strip() == "":
                 continue
-            return LogicalLine(text, lineno, self.pos, tuple(segments))
+            return LogicalLine(text, lineno, self.pos, tuple(segments), tuple(empty))
         return None
-
     def read_heredoc(self, name: str, chomp: bool) -> tuple[str, int] | None:
         """Read a heredoc body up to its terminator line.
 

@@ -40,27 +40,19 @@ def iter_instructions(df: A.Dockerfile) -> Iterator[A.Instruction]:
 
 def _split(original: str) -> tuple[list[str], str]:
     """``(flags as written, rest)`` of one instruction's logical line."""
-    from .parser import _lark, _unquote_flag
+    from .parser import _unquote_flag, scan_head, scan_head_lark
 
-    tree = _lark().parse(original, start="instruction")
-    flags: list[str] = []
-    rest = ""
-    for child in tree.children[1:]:
-        if child is None:
-            continue
-        if hasattr(child, "children"):
-            flags.append(_unquote_flag(child.children[0].value))
-        elif child.type in ("REST", "REST_ANY"):
-            rest = child.value.rstrip()
-    return flags, rest
+    head = scan_head(original) or scan_head_lark(original)
+    _, _, raw_flags, rest, _ = head
+    return [_unquote_flag(raw) for raw, _ in raw_flags], rest.rstrip()
 
 
 def _json_args(rest: str) -> tuple[str, ...] | None:
-    from .parser import _parse_json_array
+    from .parser import NotStringArray, json_string_array
 
     try:
-        return _parse_json_array(rest, None, 0)  # type: ignore[arg-type]
-    except AttributeError:  # pragma: no cover - non-string arrays were rejected by parse()
+        return json_string_array(rest)
+    except NotStringArray:  # pragma: no cover - non-string arrays were rejected by parse()
         return None
 
 

@@ -1,14 +1,21 @@
 """Dockerfile text -> :class:`pybuild.grammar.ast.Dockerfile`.
 
 Pipeline: :class:`~pybuild.grammar.lexer.LineReader` (directives, comments, continuations, heredoc
-bodies) -> lark LALR grammar ``dockerfile.lark`` (keyword, ``--flags``, rest, JSON arrays) ->
-per-instruction argument splitting that mirrors BuildKit's parser (parseWords, whitespace split,
-"maybe JSON") -> frozen dataclasses.  Words are never expanded here.
+bodies) -> the instruction head (keyword, ``--flags``, rest) and JSON arrays -> per-instruction
+argument splitting that mirrors BuildKit's parser (parseWords, whitespace split, "maybe JSON") ->
+frozen dataclasses.  Words are never expanded here.
+
+The head and JSON arrays have two readers that give the same result: the lark LALR grammar
+``dockerfile.lark`` (the specification) and a hand-written scanner built from the same token
+regexes (the default, ~20x faster and without lark's import cost).  The scanner hands anything it
+does not recognise (a JSON array that is not a flat list of strings, a head it cannot split) to
+lark, so it never decides a case lark would decide differently; ``parse(..., engine="lark")``
+forces the lark path and ``tests/test_grammar_fastpath.py`` compares both.
 """
 
 from __future__ import annotations
 
-import difflib
+import gc
 import json
 import re
 from pathlib import Path
@@ -16,12 +23,12 @@ from typing import Any, Callable
 
 from . import ast as A
 from .errors import DockerfileError
-from .expand import ExpansionError, Lex
 from .lexer import LineReader, LogicalLine
 
-__all__ = ["parse", "ALLOWED_FLAGS", "KEYWORDS"]
+__all__ = ["parse", "ALLOWED_FLAGS", "KEYWORDS", "ENGINES"]
 
 KEYWORDS = tuple(A.INSTRUCTION_CLASSES)
+ENGINES = ("fast", "lark")
 
 ALLOWED_FLAGS: dict[str, tuple[str, ...]] = {
     "FROM": ("platform",),
@@ -38,6 +45,27 @@ _RE_HEREDOC = re.compile(r"(\d*)<<(-?)[\t\n\f\r ]*([^<]*)\Z", re.DOTALL)  # Buil
 _HEREDOC_KEYWORDS = ("RUN", "COPY", "ADD")
 _ONBUILD_FORBIDDEN = ("ONBUILD", "FROM", "MAINTAINER")
 
+# ---- the fast scanner: the terminals of dockerfile.lark, applied by hand ------------------------
+# (keep these in step with the grammar file; tests/test_grammar_fastpath.py checks both agree)
+_BLANK = r"[ \t\n\r\f\v]"
+_RE_BLANKS = re.compile(_BLANK + "*")
+_RE_KEYWORD = re.compile(r"[^ \t\n\r\f\v]+")
+_RE_FLAG = re.compile(
+    r"""--(?:[^ \t\n\r\f\v"'\\]|\\[\s\S]?|"(?:[^"\\]|\\[\s\S]?)*(?:"|\Z)|'(?:[^'\\]|\\[\s\S]?)*(?:'|\Z))+"""
+)
+_RE_SIMPLE_HEAD = re.compile(rf"{_BLANK}*([^ \t\n\r\f\v]+){_BLANK}*(?!--)((?<={_BLANK})[^ \t\n\r\f\v][\s\S]*|\Z)")
+_JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
+_RE_JSON_STRING = re.compile(_JSON_STRING)
+_RE_FLAT_JSON_ARRAY = re.compile(
+    rf"\[{_BLANK}*(?:{_JSON_STRING}(?:{_BLANK}*,{_BLANK}*{_JSON_STRING})*{_BLANK}*)?\]{_BLANK}*\Z"
+)
+# what any JSON array matches: a value's first character after "[", and "]" at the end, blanks
+# aside (lark is only asked about text that passes this)
+_RE_COULD_BE_JSON_ARRAY = re.compile(rf"\[{_BLANK}*(?=[\"\-0-9tfn\[{{\]])[\s\S]*\]{_BLANK}*\Z")
+
+# (keyword, keyword offset, [(flag word as written, offset)], rest of the line, rest offset)
+Head = tuple[str, int, list[tuple[str, int]], str, int]
+
 _LARK: Any = None
 
 
@@ -50,6 +78,93 @@ def _lark() -> Any:
         grammar = (Path(__file__).with_name("dockerfile.lark")).read_text(encoding="utf-8")
         _LARK = Lark(grammar, parser="lalr", start=["instruction", "json_array"], cache=True)
     return _LARK
+
+
+def scan_head(sub: str) -> Head | None:
+    """Split one instruction into keyword, flags and rest like the grammar's ``instruction`` rule.
+
+    Offsets are into ``sub``; the rest is returned as written (trailing blanks included) and its
+    offset is ``len(sub)`` when there is none.  ``None`` when the text has no keyword at all (the
+    caller lets lark report it).
+    """
+    simple = _RE_SIMPLE_HEAD.match(sub)
+    if simple is not None:  # the common case, one regex: no flags, no "--"
+        return simple.group(1), simple.start(1), [], simple.group(2), simple.start(2)
+    n = len(sub)
+    pos = _RE_BLANKS.match(sub).end()  # type: ignore[union-attr]
+    m = _RE_KEYWORD.match(sub, pos)
+    if m is None:
+        return None
+    kw_start = pos
+    pos = m.end()
+    flags: list[tuple[str, int]] = []
+    while True:
+        pos = _RE_BLANKS.match(sub, pos).end()  # type: ignore[union-attr]
+        if pos >= n:
+            return m.group(), kw_start, flags, "", n
+        if sub.startswith("--", pos):
+            fm = _RE_FLAG.match(sub, pos)
+            if fm is not None:
+                flags.append((fm.group(), pos))
+                pos = fm.end()
+                continue
+            # END_FLAGS: a bare "--"; everything after it is the rest, even "--x"
+            pos = _RE_BLANKS.match(sub, pos + 2).end()  # type: ignore[union-attr]
+            if pos >= n:
+                return m.group(), kw_start, flags, "", n
+        return m.group(), kw_start, flags, sub[pos:], pos
+
+
+def scan_head_lark(sub: str) -> Head:
+    """:func:`scan_head` by the lark grammar; raises lark's ``UnexpectedInput`` on a syntax error."""
+    tree = _lark().parse(sub, start="instruction")
+    kw_tok = tree.children[0]
+    flags: list[tuple[str, int]] = []
+    rest, rest_start = "", len(sub)
+    for child in tree.children[1:]:
+        if child is None:
+            continue
+        if hasattr(child, "children"):  # flag subtree
+            tok = child.children[0]
+            flags.append((tok.value, tok.start_pos))
+        elif child.type in ("REST", "REST_ANY"):
+            rest, rest_start = child.value, child.start_pos
+    return kw_tok.value, kw_tok.start_pos, flags, rest, rest_start
+
+
+class NotStringArray(ValueError):
+    """A JSON array with a value that is not a string (BuildKit refuses it, no shell-form fallback)."""
+
+
+def json_string_array(rest: str, engine: str = "fast") -> tuple[str, ...] | None:
+    """The strings of ``rest`` if it is a JSON array (exec form), ``None`` if it is not (shell form).
+
+    Raises :class:`NotStringArray` for valid JSON with a non-string element.
+    """
+    if not rest.startswith("["):
+        return None
+    if engine == "fast":
+        if _RE_FLAT_JSON_ARRAY.match(rest) is not None:
+            return tuple(
+                tok[1:-1] if "\\" not in tok else json.loads(tok) for tok in _RE_JSON_STRING.findall(rest)
+            )
+        if _RE_COULD_BE_JSON_ARRAY.match(rest) is None:
+            return None  # e.g. the shell test ``[ -f x ] && ...``: no JSON array reads like that
+    from lark.exceptions import LarkError
+
+    try:
+        tree = _lark().parse(rest, start="json_array")
+    except LarkError:
+        return None
+    args: list[str] = []
+    for value in tree.children:
+        if value is None:  # "[]"
+            continue
+        tok = value.children[0]
+        if getattr(tok, "type", None) != "STRING":
+            raise NotStringArray(_NOT_STRING_ARRAY)
+        args.append(json.loads(tok.value))
+    return tuple(args)
 
 
 # ---- BuildKit word splitting ------------------------------------------------------------------
@@ -143,10 +258,15 @@ def _ws_split(rest: str) -> list[str]:
 # ---- instruction construction -----------------------------------------------------------------
 
 class _Ctx:
-    def __init__(self, reader: LineReader, ll: LogicalLine) -> None:
+    """One logical line being turned into an instruction (shared by an ONBUILD and its trigger)."""
+
+    __slots__ = ("reader", "ll", "end_line", "engine")
+
+    def __init__(self, reader: LineReader, ll: LogicalLine, engine: str) -> None:
         self.reader = reader
         self.ll = ll
         self.end_line = ll.end_line
+        self.engine = engine
 
     def error(self, offset: int, message: str) -> DockerfileError:
         line, col = self.ll.position(offset)
@@ -154,32 +274,18 @@ class _Ctx:
 
 
 def _did_you_mean(word: str, choices: tuple[str, ...], fmt: Callable[[str], str] = str) -> str:
+    import difflib  # only on the error path: keeps it out of the start-up time
+
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {fmt(match[0])}?)" if match else ""
 
 
 def _parse_json_array(rest: str, ctx: _Ctx, offset: int) -> tuple[str, ...] | None:
     """Exec form: a tuple of strings, ``None`` if ``rest`` is not a JSON array (-> shell form)."""
-    if not rest.startswith("["):
-        return None
-    from lark.exceptions import LarkError
-
     try:
-        tree = _lark().parse(rest, start="json_array")
-    except LarkError:
-        return None
-    args: list[str] = []
-    for value in tree.children:
-        if value is None:  # "[]"
-            continue
-        tok = value.children[0]
-        if getattr(tok, "type", None) != "STRING":
-            raise ctx.error(offset, _NOT_STRING_ARRAY)
-        try:
-            args.append(json.loads(tok.value))
-        except ValueError:  # pragma: no cover - the grammar only admits valid JSON strings
-            return None
-    return tuple(args)
+        return json_string_array(rest, ctx.engine)
+    except NotStringArray:
+        raise ctx.error(offset, _NOT_STRING_ARRAY) from None
 
 
 def _maybe_json(rest: str, ctx: _Ctx, offset: int) -> A.Command | None:
@@ -196,8 +302,29 @@ def _maybe_json_list(rest: str, ctx: _Ctx, offset: int) -> tuple[tuple[str, ...]
     return tuple(_ws_split(rest)), False
 
 
+# (words must be separated by blanks in the whole-line pattern: letting two words touch would make
+# the match ambiguous and backtrack exponentially on an unterminated quote)
+_QUOTED_WORD = r"""(?:[^\s"']|"[^"]*"|'[^']*')+"""
+_RE_QUOTED_WORDS = re.compile(rf"\s*(?:{_QUOTED_WORD}(?:\s+{_QUOTED_WORD})*)?\s*")
+_RE_QUOTED_WORD = re.compile(_QUOTED_WORD)
+
+
+def _words(rest: str, escape: str) -> list[str]:
+    """:func:`parse_words`, by regex when ``rest`` has no escape character and its quotes pair up.
+
+    Then a word is a run of non-blanks and quoted strings (quotes kept), as parseWords splits it.
+    """
+    if escape in rest:
+        return parse_words(rest, escape)
+    if "'" not in rest and '"' not in rest:
+        return rest.split()
+    if _RE_QUOTED_WORDS.fullmatch(rest) is None:  # an unterminated quote
+        return parse_words(rest, escape)
+    return _RE_QUOTED_WORD.findall(rest)
+
+
 def _name_vals(rest: str, kw: str, ctx: _Ctx, kw_off: int, escape: str) -> tuple[tuple[str, str], ...]:
-    words = parse_words(rest, escape)
+    words = _words(rest, escape)
     if not words:
         raise ctx.error(kw_off, f"{kw} requires at least one argument")
     if "=" not in words[0]:
@@ -220,9 +347,14 @@ def _name_vals(rest: str, kw: str, ctx: _Ctx, kw_off: int, escape: str) -> tuple
 
 def _heredocs(text: str, ctx: _Ctx, kw_off: int, text_off: int) -> tuple[A.Heredoc, ...]:
     """BuildKit ``heredocsFromLine`` + reading each body from the following lines."""
+    from .expand import ExpansionError, Lex
+
+    # Without quotes, backslashes or "$" the shell lexer below only splits on blanks.
+    plain = "'" not in text and '"' not in text and "\\" not in text and "$" not in text
     try:
         # SkipUnsetEnv as in BuildKit: ``<<$EOF`` is a heredoc named ``$EOF``
-        words = Lex("\\", raw_quotes=True, raw_escapes=True, skip_unset_env=True).process(text, {})[1]
+        words = text.split() if plain else \
+            Lex("\\", raw_quotes=True, raw_escapes=True, skip_unset_env=True).process(text, {})[1]
     except ExpansionError:
         return ()
     docs: list[A.Heredoc] = []
@@ -232,8 +364,8 @@ def _heredocs(text: str, ctx: _Ctx, kw_off: int, text_off: int) -> tuple[A.Hered
             continue
         rest = m.group(3)
         try:
-            cooked = Lex("\\", skip_unset_env=True).process(rest, {})[1]
-            raw = Lex("\\", skip_unset_env=True, raw_quotes=True).process(rest, {})[1]
+            cooked = [rest] if plain else Lex("\\", skip_unset_env=True).process(rest, {})[1]
+            raw = [rest] if plain else Lex("\\", skip_unset_env=True, raw_quotes=True).process(rest, {})[1]
         except ExpansionError as exc:
             raise ctx.error(kw_off, f"invalid heredoc {word!r}: {exc}") from None
         if len(cooked) != 1 or len(raw) != 1:
@@ -253,151 +385,180 @@ def _heredocs(text: str, ctx: _Ctx, kw_off: int, text_off: int) -> tuple[A.Hered
     return tuple(docs)
 
 
-def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
-    """Parse one instruction starting at offset ``base`` of the logical line ``text``."""
+def _head(sub: str, base: int, ctx: _Ctx) -> Head:
+    if ctx.engine == "fast":
+        head = scan_head(sub)
+        if head is not None:
+            return head
     from lark.exceptions import LarkError, UnexpectedInput
 
-    sub = text[base:]
     try:
-        tree = _lark().parse(sub, start="instruction")
+        return scan_head_lark(sub)
     except UnexpectedInput as exc:
         raise ctx.error(base + (exc.pos_in_stream or 0), "syntax error") from None
     except LarkError:  # pragma: no cover - defensive
         raise ctx.error(base, "syntax error") from None
 
-    kw_tok = tree.children[0]
-    kw_off = base + kw_tok.start_pos
-    kw = kw_tok.value.upper()
+
+_FLAG_QUOTING = re.compile(r"['\"\\]")
+_SINGLE_WORD_FIELD = {"WORKDIR": "path", "USER": "user", "STOPSIGNAL": "signal", "MAINTAINER": "name"}
+
+
+def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
+    """Parse one instruction starting at offset ``base`` of the logical line ``text``."""
+    sub = text[base:] if base else text
+    kw_raw, kw_start, raw_flags, rest, rest_start = _head(sub, base, ctx)
+    kw_off = base + kw_start
+    kw = kw_raw.upper()
     cls = A.INSTRUCTION_CLASSES.get(kw)
     if cls is None:
-        raise ctx.error(kw_off, f"unknown instruction {kw_tok.value}{_did_you_mean(kw, KEYWORDS)}")
+        raise ctx.error(kw_off, f"unknown instruction {kw_raw}{_did_you_mean(kw, KEYWORDS)}")
 
-    flags: list[tuple[str, str | None]] = []
-    rest, rest_off = "", base + len(sub)
-    for child in tree.children[1:]:
-        if child is None:
-            continue
-        if hasattr(child, "children"):  # flag subtree
-            tok = child.children[0]
-            word = _unquote_flag(tok.value)[2:]
+    flags: tuple[tuple[str, str | None], ...] = ()
+    if raw_flags:
+        allowed = ALLOWED_FLAGS.get(kw, ())
+        parsed: list[tuple[str, str | None]] = []
+        for raw, start in raw_flags:
+            word = _unquote_flag(raw)[2:] if _FLAG_QUOTING.search(raw) else raw[2:]
             name, eq, value = word.partition("=")
-            allowed = ALLOWED_FLAGS.get(kw, ())
             if name not in allowed:
                 hint = _did_you_mean(name, allowed, lambda s: "--" + s)
-                raise ctx.error(base + tok.start_pos, f"unknown flag --{name} for {kw}{hint}")
-            flags.append((name, value if eq else None))
-        elif child.type in ("REST", "REST_ANY"):
-            rest, rest_off = child.value.rstrip(), base + child.start_pos
+                raise ctx.error(base + start, f"unknown flag --{name} for {kw}{hint}")
+            parsed.append((name, value if eq else None))
+        flags = tuple(parsed)
+    rest = rest.rstrip()
+    rest_off = base + rest_start
 
-    escape = ctx.reader.escape
-    line, col = ctx.ll.position(kw_off)
+    ll = ctx.ll
+    line, col = ll.position(kw_off)
+    span = A.SourceSpan(ctx.reader.filename, line, ctx.end_line, col, ll.empty_continuation_lines)
     # BuildKit keeps trailing blanks in Node.Original (only leading ones are trimmed)
-    common: dict[str, Any] = {"original": sub.lstrip(), "flags": tuple(flags)}
+    original = sub.lstrip()
 
-    def need(cond: bool, message: str) -> None:
-        if not cond:
-            raise ctx.error(kw_off, message)
+    if kw == "RUN":
+        command = _maybe_json(rest, ctx, rest_off)
+        if command is None:
+            raise ctx.error(kw_off, "RUN requires at least one argument")
+        docs: tuple[A.Heredoc, ...] = ()
+        if "<<" in rest and type(command) is A.ShellForm:
+            docs = _heredocs(rest, ctx, kw_off, rest_off)
+            span = A.SourceSpan(span.file, line, ctx.end_line, col, span.empty_continuation_lines)
+        return A.Run(span=span, original=original, flags=flags, command=command, heredocs=docs)
 
-    def span() -> A.SourceSpan:
-        return A.SourceSpan(ctx.reader.filename, line, ctx.end_line, col)
+    if kw in ("COPY", "ADD"):
+        args, is_json = _maybe_json_list(rest, ctx, rest_off)
+        if len(args) < 2:
+            raise ctx.error(kw_off, f"{kw} requires at least two arguments (sources and a destination)")
+        docs = ()
+        if not is_json and "<<" in rest:
+            docs = _heredocs(rest, ctx, kw_off, rest_off)
+            span = A.SourceSpan(span.file, line, ctx.end_line, col, span.empty_continuation_lines)
+        return cls(span=span, original=original, flags=flags,  # type: ignore[call-arg]
+                   sources=tuple(args[:-1]), dest=args[-1], heredocs=docs, json_form=is_json)
+
+    if kw in ("ENV", "LABEL"):
+        pairs = _name_vals(rest, kw, ctx, kw_off, ctx.reader.escape)
+        return cls(span=span, original=original, flags=flags, pairs=pairs)  # type: ignore[call-arg]
+
+    field = _SINGLE_WORD_FIELD.get(kw)
+    if field is not None:  # WORKDIR USER STOPSIGNAL MAINTAINER: the rest of the line
+        if rest == "":
+            raise ctx.error(kw_off, f"{kw} requires exactly one argument")
+        return cls(span=span, original=original, flags=flags, **{field: rest})
 
     if kw == "FROM":
         args = _ws_split(rest)
-        need(len(args) in (1, 3), "FROM requires either one or three arguments")
+        if len(args) not in (1, 3):
+            raise ctx.error(kw_off, "FROM requires either one or three arguments")
         name = None
         if len(args) == 3:
-            need(args[1].lower() == "as", 'when using FROM with three arguments, the second one must be "AS"')
+            if args[1].lower() != "as":
+                raise ctx.error(kw_off, 'when using FROM with three arguments, the second one must be "AS"')
             name = args[2].lower()
             if not _RE_STAGE_NAME.match(name):
                 raise ctx.error(rest_off + rest.rfind(args[2]),
                                 f"invalid name for build stage: {args[2]!r}, name can't start with a number "
                                 "or contain symbols")
-        return A.From(span=span(), image=args[0], stage_name=name, platform=dict(flags).get("platform"),
-                      **common)
+        platform = None
+        for key, value in flags:
+            if key == "platform":
+                platform = value
+        return A.From(span=span, original=original, flags=flags, image=args[0], stage_name=name,
+                      platform=platform)
 
-    if kw in ("RUN", "CMD", "ENTRYPOINT"):
+    if kw in ("CMD", "ENTRYPOINT"):
         command = _maybe_json(rest, ctx, rest_off)
-        need(command is not None, f"{kw} requires at least one argument")
-        assert command is not None
-        if kw == "RUN":
-            docs: tuple[A.Heredoc, ...] = ()
-            if isinstance(command, A.ShellForm) and "<<" in rest:
-                docs = _heredocs(rest, ctx, kw_off, rest_off)
-            return A.Run(span=span(), command=command, heredocs=docs, **common)
-        return cls(span=span(), command=command, **common)  # type: ignore[call-arg]
-
-    if kw == "SHELL":
-        command = _maybe_json(rest, ctx, rest_off)
-        need(isinstance(command, A.ExecForm), "SHELL requires the arguments to be in JSON form")
-        assert isinstance(command, A.ExecForm)
-        need(len(command.args) > 0, "SHELL requires at least one argument")
-        return A.Shell(span=span(), args=command.args, **common)
-
-    if kw in ("COPY", "ADD"):
-        args, is_json = _maybe_json_list(rest, ctx, rest_off)
-        need(len(args) >= 2, f"{kw} requires at least two arguments (sources and a destination)")
-        docs = ()
-        if not is_json and "<<" in rest:
-            docs = _heredocs(rest, ctx, kw_off, rest_off)
-        return cls(span=span(), sources=tuple(args[:-1]), dest=args[-1],  # type: ignore[call-arg]
-                   heredocs=docs, json_form=is_json, **common)
-
-    if kw == "VOLUME":
-        args, _ = _maybe_json_list(rest, ctx, rest_off)
-        need(len(args) > 0, "VOLUME requires at least one argument")
-        need(all(a.strip() for a in args), "VOLUME specified can not be an empty string")
-        return A.Volume(span=span(), paths=tuple(args), **common)
-
-    if kw in ("ENV", "LABEL"):
-        pairs = _name_vals(rest, kw, ctx, kw_off, escape)
-        return cls(span=span(), pairs=pairs, **common)  # type: ignore[call-arg]
+        if command is None:
+            raise ctx.error(kw_off, f"{kw} requires at least one argument")
+        return cls(span=span, original=original, flags=flags, command=command)  # type: ignore[call-arg]
 
     if kw == "ARG":
-        words = parse_words(rest, escape)
-        need(len(words) > 0, "ARG requires at least one argument")
+        words = _words(rest, ctx.reader.escape)
+        if not words:
+            raise ctx.error(kw_off, "ARG requires at least one argument")
         arg_pairs: list[tuple[str, str | None]] = []
         for word in words:
             key, eq, value = word.partition("=")
-            need(key != "", "ARG names can not be blank")
+            if key == "":
+                raise ctx.error(kw_off, "ARG names can not be blank")
             arg_pairs.append((key, value if eq else None))
-        return A.Arg(span=span(), pairs=tuple(arg_pairs), **common)
+        return A.Arg(span=span, original=original, flags=flags, pairs=tuple(arg_pairs))
 
     if kw == "EXPOSE":
         ports = _ws_split(rest)
-        need(len(ports) > 0, "EXPOSE requires at least one argument")
-        return A.Expose(span=span(), ports=tuple(ports), **common)
+        if not ports:
+            raise ctx.error(kw_off, "EXPOSE requires at least one argument")
+        return A.Expose(span=span, original=original, flags=flags, ports=tuple(ports))
 
-    if kw in ("WORKDIR", "USER", "STOPSIGNAL", "MAINTAINER"):
-        need(rest != "", f"{kw} requires exactly one argument")
-        field = {"WORKDIR": "path", "USER": "user", "STOPSIGNAL": "signal", "MAINTAINER": "name"}[kw]
-        return cls(span=span(), **{field: rest}, **common)
+    if kw == "VOLUME":
+        args, _ = _maybe_json_list(rest, ctx, rest_off)
+        if not args:
+            raise ctx.error(kw_off, "VOLUME requires at least one argument")
+        if not all(a.strip() for a in args):
+            raise ctx.error(kw_off, "VOLUME specified can not be an empty string")
+        return A.Volume(span=span, original=original, flags=flags, paths=tuple(args))
+
+    if kw == "SHELL":
+        command = _maybe_json(rest, ctx, rest_off)
+        if not isinstance(command, A.ExecForm):
+            raise ctx.error(kw_off, "SHELL requires the arguments to be in JSON form")
+        if not command.args:
+            raise ctx.error(kw_off, "SHELL requires at least one argument")
+        return A.Shell(span=span, original=original, flags=flags, args=command.args)
 
     if kw == "HEALTHCHECK":
         words = _ws_split(rest)
-        need(len(words) > 0, "HEALTHCHECK requires at least one argument")
+        if not words:
+            raise ctx.error(kw_off, "HEALTHCHECK requires at least one argument")
         typ = words[0].upper()
         if typ == "NONE":
-            need(len(words) == 1, "HEALTHCHECK NONE takes no arguments")
-            need(not flags, "HEALTHCHECK NONE takes no options")
-            return A.Healthcheck(span=span(), command=None, **common)
-        need(typ == "CMD", f"unknown type {words[0]!r} in HEALTHCHECK (try CMD)")
+            if len(words) != 1:
+                raise ctx.error(kw_off, "HEALTHCHECK NONE takes no arguments")
+            if flags:
+                raise ctx.error(kw_off, "HEALTHCHECK NONE takes no options")
+            return A.Healthcheck(span=span, original=original, flags=flags, command=None)
+        if typ != "CMD":
+            raise ctx.error(kw_off, f"unknown type {words[0]!r} in HEALTHCHECK (try CMD)")
         cmd_rest = rest[len(words[0]):].strip()
         cmd_off = rest_off + len(rest) - len(rest[len(words[0]):].lstrip())
         command = _maybe_json(cmd_rest, ctx, cmd_off)
-        need(command is not None, "HEALTHCHECK CMD requires at least one argument")
-        return A.Healthcheck(span=span(), command=command, **common)
+        if command is None:
+            raise ctx.error(kw_off, "HEALTHCHECK CMD requires at least one argument")
+        return A.Healthcheck(span=span, original=original, flags=flags, command=command)
 
     # ONBUILD
-    need(rest != "", "ONBUILD requires at least one argument")
+    if rest == "":
+        raise ctx.error(kw_off, "ONBUILD requires at least one argument")
     inner = _instruction(text, rest_off, ctx)
     if inner.keyword in _ONBUILD_FORBIDDEN:
         raise ctx.error(rest_off, f"{inner.keyword} isn't allowed as an ONBUILD trigger")
-    return A.Onbuild(span=span(), instruction=inner, **common)
+    span = A.SourceSpan(span.file, line, ctx.end_line, col, span.empty_continuation_lines)
+    return A.Onbuild(span=span, original=original, flags=flags, instruction=inner)
 
 
 # ---- file ---------------------------------------------------------------------------------------
 
-def _parse(text: str, filename: str) -> A.Dockerfile:
+def _parse(text: str, filename: str, engine: str) -> A.Dockerfile:
     reader = LineReader(text, filename)
     global_args: list[A.Arg] = []
     stages: list[A.Stage] = []
@@ -412,14 +573,13 @@ def _parse(text: str, filename: str) -> A.Dockerfile:
 
     while (ll := reader.next_line()) is not None:
         seen_any = True
-        text = ll.text
-        ctx = _Ctx(reader, ll)
-        ins = _instruction(text, 0, ctx)
-        if isinstance(ins, A.From):
+        ctx = _Ctx(reader, ll, engine)
+        ins = _instruction(ll.text, 0, ctx)
+        if type(ins) is A.From:
             close()
             if ins.stage_name is not None:
                 if ins.stage_name in names:
-                    off = text.lower().rfind(ins.stage_name)
+                    off = ll.text.lower().rfind(ins.stage_name)
                     raise ctx.error(max(off, 0), f"duplicate stage name {ins.stage_name!r}")
                 names.add(ins.stage_name)
             current = (ins, [])
@@ -442,11 +602,26 @@ def _parse(text: str, filename: str) -> A.Dockerfile:
                         global_args=tuple(global_args), stages=tuple(stages))
 
 
-def parse(text: str, filename: str = "Dockerfile") -> A.Dockerfile:
-    """Parse Dockerfile ``text``.  Raises only :class:`DockerfileError`."""
+def parse(text: str, filename: str = "Dockerfile", *, engine: str = "fast") -> A.Dockerfile:
+    """Parse Dockerfile ``text``.  Raises only :class:`DockerfileError`.
+
+    ``engine="lark"`` reads every instruction head and JSON array with the lark grammar instead of
+    the hand-written scanner; the result is the same (that is what the tests check), only slower.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown parser engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    # The model is thousands of small objects and none of them form reference cycles, yet each
+    # allocation burst triggers cyclic-GC passes over the whole heap: about half of the parse time
+    # (bench/bench_parse.py).  So the collector is paused while parsing (and restarted only if it
+    # was running: a caller's gc.disable() stays in force).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        return _parse(text, filename)
+        return _parse(text, filename, engine)
     except DockerfileError:
         raise
     except Exception as exc:  # noqa: BLE001 - contract: nothing but DockerfileError escapes
         raise DockerfileError(filename, 1, 1, f"internal parser error: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if gc_was_enabled:
+            gc.enable()

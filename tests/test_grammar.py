@@ -215,7 +215,8 @@ def test_continuation_with_comment_and_empty_lines() -> None:
     run, cmd = parse(text).stages[0].instructions
     assert run.command == ShellForm("apt-get update   && apt-get install -y x   && rm -rf /var/lib/apt")
     assert run.original == "RUN apt-get update   && apt-get install -y x   && rm -rf /var/lib/apt"
-    assert run.span == SourceSpan("Dockerfile", 2, 7, 1)
+    # the blank lines are skipped but remembered (NoEmptyContinuation); the comment line is not one
+    assert run.span == SourceSpan("Dockerfile", 2, 7, 1, empty_continuation_lines=(4, 5))
     assert cmd.span == SourceSpan("Dockerfile", 9, 9, 1)
 
 

@@ -82,6 +82,16 @@ CASES = [
      [(2, 'Do not use ARG or ENV instructions for sensitive data (ARG "GITHUB_TOKEN")'),
       (3, 'Do not use ARG or ENV instructions for sensitive data (ENV "DB_PASSWORD")')],
      "FROM alpine\nARG PUBLIC_KEY\nENV KEYBOARD=us\n"),
+    ("InvalidDefaultArgInFrom",
+     "ARG TAG\nFROM alpine:$TAG\nARG REPO=Docker/x\nFROM ${REPO}\n",
+     [(2, "Default value for ARG alpine:$TAG results in empty or invalid base image name"),
+      (4, "Default value for ARG ${REPO} results in empty or invalid base image name")],
+     "ARG TAG=3.19\nFROM alpine:$TAG\nFROM alpine:${TAG:-latest}\nFROM base-${TARGETARCH}\nARG B\nFROM ${B:-busybox}\n"),
+    ("NoEmptyContinuation",
+     "FROM alpine\nRUN apk add \\\n\n    gnupg \\\n  \t\n    curl\nCMD [\"x\"]\n",
+     [(2, "Empty continuation line")],
+     # a comment line inside a continuation is not an empty one; a blank line after the end is not either
+     "FROM alpine\nRUN apk add \\\n# gnupg\n    curl\n\nCMD [\"x\"]\n"),
     ("LegacyKeyValueFormat",
      "FROM alpine\nENV DEBUG true\nLABEL team core\n",
      [(2, '"ENV key=value" should be used instead of legacy "ENV key value" format'),
@@ -241,3 +251,53 @@ def test_workdir_from_an_absolute_env_value_is_not_relative():
     assert [w.rule for w in lint(df) if w.rule == "WorkdirRelativePath"] == []
     df = parse("FROM busybox\nENV SUB=app\nWORKDIR $SUB\n", "Dockerfile")
     assert [w.rule for w in lint(df) if w.rule == "WorkdirRelativePath"] == ["WorkdirRelativePath"]
+
+
+def test_no_empty_continuation_is_reported_once_per_instruction_with_its_position():
+    text = "ARG A=1 \\\n\nB=2\nFROM alpine\n  ONBUILD RUN a \\\n\n  b\n"
+    ws = [w for w in run_lint(text) if w.rule == "NoEmptyContinuation"]
+    assert [(w.span.start_line, w.span.start_col, w.span.end_line) for w in ws] == [(1, 1, 3), (5, 3, 7)]
+    assert ws[0].url == "https://docs.docker.com/go/dockerfile/rule/no-empty-continuation/"
+    assert ws[1].format() == "Dockerfile:5:3: NoEmptyContinuation: Empty continuation line"
+    assert found("# check=skip=NoEmptyContinuation\n" + text, "NoEmptyContinuation") == []
+
+
+def test_undefined_var_sees_the_base_image_env_when_given():
+    from pybuild.grammar.lint import external_base_images
+
+    text = ("ARG BASE=base\nFROM ${BASE}:1 AS one\nWORKDIR $APP_HOME\nCOPY $NOPE /x\n"
+            "FROM one\nUSER $APP_USER\nFROM other\nUSER $APP_USER\nFROM scratch\n")
+    df = parse(text, "Dockerfile")
+    assert external_base_images(df) == ["base:1", "other"]
+    assert external_base_images(df, {"BASE": "x"}) == ["x:1", "other"]
+    names = lambda ws: [(w.span.start_line, w.message) for w in ws if w.rule == "UndefinedVar"]  # noqa: E731
+    assert names(lint(df)) == [
+        (3, "Usage of undefined variable '$APP_HOME'"), (4, "Usage of undefined variable '$NOPE'"),
+        (6, "Usage of undefined variable '$APP_USER'"), (8, "Usage of undefined variable '$APP_USER'")]
+    env = {"base:1": {"PATH": "/bin", "APP_HOME": "/app", "APP_USER": "app"}}
+    # the stage on base:1 and the one built on it see the image's ENV; "other" still does not
+    assert names(lint(df, None, env)) == [
+        (4, "Usage of undefined variable '$NOPE'"), (8, "Usage of undefined variable '$APP_USER'")]
+    # an image env without PATH: $PATH is then undefined, as in BuildKit
+    df = parse("FROM base:1\nENV P=$PATH\n", "Dockerfile")
+    assert names(lint(df, None, {"base:1": {}})) == [(2, "Usage of undefined variable '$PATH'")]
+
+
+@pytest.mark.slow
+def test_cli_check_reads_base_image_env_from_the_store(cli, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nENV APP_HOME=/app APP_USER=app\n")
+    cli("build", "-q", "-t", "appbase:1", str(ctx), check=True)
+    (ctx / "Dockerfile").write_text(
+        "FROM appbase:1\nWORKDIR $APP_HOME\nENV P=$PATH\nUSER $APP_USER\nCOPY $NOPE /x\n")
+    r = cli("check", str(ctx))
+    assert r.code == 0, r.output
+    undefined = [line for line in r.stdout.splitlines() if "UndefinedVar" in line]
+    assert undefined == [f"{ctx / 'Dockerfile'}:5:1: UndefinedVar: Usage of undefined variable '$NOPE'"]
+    # the same file against an empty state directory: the base image's ENV is unknown (PATH assumed)
+    empty = tmp_path / "empty-root"
+    r = cli("--root", str(empty), "check", str(ctx))
+    assert r.code == 0, r.output
+    assert sum("UndefinedVar" in line for line in r.stdout.splitlines()) == 3
+    assert not empty.exists()  # check does not create a state directory

@@ -1,7 +1,9 @@
 """Dockerfile linter: BuildKit's ``docker build --check`` rules over the typed model.
 
-Pure: no I/O.  ``lint(df, build_args)`` runs every registered rule (see :mod:`.rules`) and returns
-the warnings that the ``# check=`` parser directive does not skip, sorted by source position.
+Pure: no I/O.  ``lint(df, build_args, base_env)`` runs every registered rule (see :mod:`.rules`) and
+returns the warnings that the ``# check=`` parser directive does not skip, sorted by source position.
+``base_env`` optionally gives the environment of external base images (the caller reads image
+configs, e.g. ``pybuild check`` from the local store; :func:`external_base_images` lists the names).
 
 The directive follows BuildKit's syntax (``frontend/dockerfile/linter/linter.go``
 ``ParseLintOptions``): ``skip=Rule1,Rule2`` or ``skip=all``, ``error=true|false``, separated by
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from ..ast import Dockerfile, SourceSpan
 from ..errors import DockerfileError
 
-__all__ = ["Warning", "CheckConfig", "parse_check_options", "check_config", "lint", "RULES"]
+__all__ = ["Warning", "CheckConfig", "parse_check_options", "check_config", "lint", "external_base_images",
+           "RULES"]
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,22 @@ def check_config(df: Dockerfile, build_args: Mapping[str, str] | None = None) ->
         raise DockerfileError(df.filename, 1, 1, f"invalid check directive: {exc}") from None
 
 
-def lint(df: Dockerfile, build_args: Mapping[str, str] | None = None) -> list[Warning]:
+def lint(
+    df: Dockerfile,
+    build_args: Mapping[str, str] | None = None,
+    base_env: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[Warning]:
     """All warnings for ``df`` that the check directive does not skip, sorted by position.
 
-    ``build_args`` are the ``--build-arg`` values (names count as defined variables).
+    ``build_args`` are the ``--build-arg`` values (names count as defined variables).  ``base_env``
+    maps an external base image, named as :func:`external_base_images` names it, to its config's
+    environment; a stage on an image missing there is assumed to start with ``PATH`` only.
     Raises :class:`DockerfileError` only for an invalid ``# check=`` directive.
     """
     from .rules import RULES, Context
 
     config = check_config(df, build_args)
-    ctx = Context(df, dict(build_args or {}))
+    ctx = Context(df, dict(build_args or {}), base_env)
     out: list[Warning] = []
     for name, rule in RULES.items():
         if not config.enabled(name):
@@ -115,6 +124,22 @@ def lint(df: Dockerfile, build_args: Mapping[str, str] | None = None) -> list[Wa
         for span, message in rule.func(ctx):
             out.append(Warning(name, message, span, rule.url))
     out.sort(key=lambda w: (w.span.start_line, w.span.start_col))
+    return out
+
+
+def external_base_images(df: Dockerfile, build_args: Mapping[str, str] | None = None) -> list[str]:
+    """The images the stages build on that are not earlier stages (nor ``scratch``), each once, in
+    file order, with global ARGs (and ``build_args``) expanded as in FROM: the keys of ``base_env``."""
+    from .rules import Context
+
+    ctx = Context(df, dict(build_args or {}))
+    out: list[str] = []
+    for st in df.stages:
+        image = ctx.expand_base(st.base.image)
+        parent = ctx.stage_index(image)
+        if (parent is not None and parent < st.index) or image.lower() == "scratch" or image in out:
+            continue
+        out.append(image)
     return out
 
 

@@ -52,8 +52,8 @@ PROXY_ARGS = frozenset({
     "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
     "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
 })
-# The environment assumed for an external base image (its config is not available to a pure
-# linter): BuildKit's default PATH.
+# The environment assumed for an external base image whose config the caller did not supply:
+# BuildKit's default PATH.
 DEFAULT_IMAGE_ENV = frozenset({"PATH"})
 
 
@@ -136,9 +136,11 @@ def _is_abs(path: str) -> bool:
 class Context:
     """What the rules share: the file, the build args, and per-stage variable scopes (computed once)."""
 
-    def __init__(self, df: A.Dockerfile, build_args: Mapping[str, str]):
+    def __init__(self, df: A.Dockerfile, build_args: Mapping[str, str],
+                 base_env: Mapping[str, Mapping[str, str]] | None = None):
         self.df = df
         self.build_args = dict(build_args)
+        self.base_env = dict(base_env or {})
         self.escape = df.escape
 
     def top_level(self) -> Iterator[A.Instruction]:
@@ -181,6 +183,15 @@ def _expand_quiet(word: str, env: Mapping[str, str], escape: str) -> str:
 
 
 # ---- rules ---------------------------------------------------------------------------------------
+
+@rule("NoEmptyContinuation", "no-empty-continuation")
+def no_empty_continuation(ctx: Context) -> Iterator[Finding]:
+    """Blank lines inside a continuation (``RUN a \\`` + empty line + ``b``), which BuildKit
+    deprecates; reported once per instruction, at its start, like BuildKit's parser warning."""
+    for ins in ctx.top_level():
+        if ins.span.empty_continuation_lines:
+            yield ins.span, "Empty continuation line"
+
 
 @rule("StageNameCasing", "stage-name-casing")
 def stage_name_casing(ctx: Context) -> Iterator[Finding]:
@@ -276,14 +287,45 @@ def undefined_arg_in_from(ctx: Context) -> Iterator[Finding]:
                 yield st.base.span, msg + (f" (did you mean {hint}?)" if hint else "")
 
 
+# What the platform args hold when the linter expands a FROM line (this builder's only platform).
+_PLATFORM_DEFAULTS = {
+    "BUILDPLATFORM": "linux/amd64", "BUILDOS": "linux", "BUILDARCH": "amd64", "BUILDVARIANT": "",
+    "TARGETPLATFORM": "linux/amd64", "TARGETOS": "linux", "TARGETARCH": "amd64", "TARGETVARIANT": "",
+}
+
+
+@rule("InvalidDefaultArgInFrom", "invalid-default-arg-in-from")
+def invalid_default_arg_in_from(ctx: Context) -> Iterator[Finding]:
+    """A FROM image built from ARGs that, with their defaults alone (no ``--build-arg``), gives an
+    empty or invalid image reference (``ARG TAG`` + ``FROM alpine:$TAG``).  Only FROM lines that use
+    variables are checked: a literal bad name is the builder's error, not a default's."""
+    from pybuild.oci.reference import InvalidReference, parse_reference  # pure; only imported when needed
+
+    env: dict[str, str] = dict(_PLATFORM_DEFAULTS)
+    for ins in ctx.df.global_args:
+        for key, default in ins.pairs:
+            env[key] = _expand_quiet(default, env, ctx.escape) if default is not None else ""
+    for st in ctx.df.stages:
+        if "$" not in st.base.image:
+            continue
+        try:
+            name = Lex(ctx.escape).process(st.base.image, env)[0]
+        except ExpansionError:
+            continue  # the builder reports a malformed word
+        try:
+            parse_reference(name)
+        except InvalidReference:
+            yield st.base.span, f"Default value for ARG {st.base.image} results in empty or invalid base image name"
+
+
 @rule("UndefinedVar", "undefined-var")
 def undefined_var(ctx: Context) -> Iterator[Finding]:
     """Variables used where the builder expands them must be ENV/ARG-defined before use.
 
     Checked: ADD, COPY, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR, ARG defaults (not
-    RUN/CMD/ENTRYPOINT, whose shell expands).  A stage on an external image starts with ``PATH``
-    only, since the base image's config is not known here; one on an earlier stage starts with
-    that stage's variables.
+    RUN/CMD/ENTRYPOINT, whose shell expands).  A stage on an earlier stage starts with that stage's
+    variables; one on an external image with that image's ENV when the caller supplied it
+    (``Context.base_env``), else with ``PATH`` only.
     """
     global_defaults = {k: v for ins in ctx.df.global_args for k, v in ins.pairs}
     scopes: dict[int, dict[str, str]] = {}
@@ -292,7 +334,8 @@ def undefined_var(ctx: Context) -> Iterator[Finding]:
         if parent is not None and parent < st.index:
             env = dict(scopes[parent])
         else:
-            env = {k: "" for k in DEFAULT_IMAGE_ENV}
+            image_env = ctx.base_env.get(ctx.expand_base(st.base.image))
+            env = dict(image_env) if image_env is not None else {k: "" for k in DEFAULT_IMAGE_ENV}
         known = env.keys() | PLATFORM_ARGS | PROXY_ARGS
         for ins in st.instructions:
             reported: set[str] = set()

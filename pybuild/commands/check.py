@@ -3,6 +3,11 @@
 Prints one `FILE:LINE:COL: Rule: message` line per warning (sorted by line), then a summary.
 Exit status: 0 with only warnings, 1 when `# check=error=true` and any warning (or the Dockerfile
 does not parse), 2 on a usage error (no such file).
+
+The linter is pure; this command does its I/O: it reads the Dockerfile and, when the state
+directory already holds an image store, the configs of the base images found there, so that
+UndefinedVar knows their ENV (an image that is not in the store is assumed to set only PATH).
+Nothing is pulled and no state directory is created.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def run(args, store_factory) -> int:
     try:
         dockerfile = parse(text, str(path))
         config = check_config(dockerfile, build_args)
-        warnings = lint(dockerfile, build_args)
+        warnings = lint(dockerfile, build_args, _base_image_env(args, dockerfile, build_args, store_factory))
     except DockerfileError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -67,3 +72,40 @@ def run(args, store_factory) -> int:
         print(f"ERROR: lint violation found for rules: {rules}", file=sys.stderr)
         return 1
     return 0
+
+
+def _base_image_env(args, dockerfile, build_args: dict[str, str], store_factory) -> dict[str, dict[str, str]]:
+    """ENV of each external base image present in the local store, keyed as the linter names it."""
+    import os
+    from pathlib import Path
+
+    from pybuild.grammar.lint import external_base_images
+
+    refs = external_base_images(dockerfile, build_args)
+    if not refs:
+        return {}
+    if getattr(args, "root", None):
+        root = Path(args.root)
+    elif os.environ.get("PYBUILD_ROOT"):
+        root = Path(os.environ["PYBUILD_ROOT"]).expanduser()
+    else:  # the config file and per-user defaults (importing the store costs start-up time)
+        from pybuild.store import default_root
+
+        root = default_root()
+    if not (root / "index.json").is_file():
+        return {}  # no store yet: opening one would create it
+    from pybuild.oci.store import ImageNotFound, ImageStoreError
+
+    store = store_factory()
+    out: dict[str, dict[str, str]] = {}
+    for ref in refs:
+        try:
+            config = store.images.image(ref).config
+        except (ImageNotFound, ImageStoreError, ValueError):  # not here, a bad reference, or an unreadable entry
+            continue
+        env: dict[str, str] = {}
+        for item in (config.get("config") or {}).get("Env") or ():
+            key, _, value = str(item).partition("=")
+            env[key] = value
+        out[ref] = env
+    return out
