@@ -6,6 +6,8 @@ difference is the reason: which copied files changed, which environment
 variables (build args, ENV) changed, or which other part of the step. The
 record of the last build lives in `$PYBUILD_ROOT/cache/last/`, one small JSON
 file per step, replaced atomically; losing it only makes reasons vaguer.
+Environment values (build args may be tokens) are kept only as digests: enough
+to say *which* variable changed, never what it was.
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any],
     return "same inputs as its last build, but that result is no longer cached (pruned or removed)"
 
 
+def _redacted(definition: dict) -> dict:
+    """The definition with each environment value replaced by its digest."""
+    env = definition.get("env")
+    if not env:
+        return definition
+    hashed = []
+    for item in env:
+        name, _, value = item.partition("=")
+        hashed.append(f"{name}=sha256:{hashlib.sha256(value.encode()).hexdigest()}")
+    return {**definition, "env": hashed}
+
+
 class MissExplainer:
     def __init__(self, root: Path):
         self.dir = Path(root) / "cache" / "last"
@@ -71,9 +85,9 @@ class MissExplainer:
             last = json.loads(self._path(parent_key, instruction).read_text())
         except (OSError, ValueError):
             return None
-        return describe_difference(last.get("definition") or {}, definition, last.get("files"), files)
+        return describe_difference(last.get("definition") or {}, _redacted(definition), last.get("files"), files)
 
     def remember(self, parent_key: str, instruction: str, definition: dict, files: dict[str, str] | None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"definition": definition, "files": files}, sort_keys=True).encode()
+        data = json.dumps({"definition": _redacted(definition), "files": files}, sort_keys=True).encode()
         write_atomic(self._path(parent_key, instruction), data)

@@ -1,6 +1,6 @@
 """pybuild.cache: content store, layer tarballs, snapshots and the step cache index."""
 from .content import BlobInfo, BlobNotFound, BlobWriter, ContentStore, DigestMismatch
-from .index import CacheIndex, CacheRecord, rfc3339_now
+from .index import CacheIndex, CacheRecord, FileStamp, IndexEntry, rfc3339_now
 from .layers import (
     MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_LAYER_TAR,
@@ -20,6 +20,8 @@ __all__ = [
     "DigestMismatch",
     "CacheIndex",
     "CacheRecord",
+    "FileStamp",
+    "IndexEntry",
     "rfc3339_now",
     "MEDIA_TYPE_LAYER_GZIP",
     "MEDIA_TYPE_LAYER_TAR",

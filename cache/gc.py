@@ -4,8 +4,8 @@ What is kept (the roots and what they reach):
   * every descriptor in ``root/index.json`` (the OCI layout's tags): the manifest blob, and
     through it the config blob and every layer blob (an image index is followed into its
     manifests); plus every ``rootfs.diff_ids`` entry of those configs;
-  * unless the cache is being pruned: every record under ``root/cache/keys/`` - its layer blob
-    and its layer's diff_id.
+  * unless the cache is being pruned: every record of the cache index (``root/cache/index.db``,
+    see ``cache.index``) - its layer blob and its layer's diff_id.
 What is swept: blobs in ``blobs/sha256/`` not reached; snapshot dirs whose diff_id is not
 reached; ingest temp files no live writer holds (``ContentStore.clean_ingest``); work dirs and
 half-unpacked snapshots of dead processes (``SnapshotStore.clean_tmp``).
@@ -40,6 +40,7 @@ import fcntl
 import json
 import os
 import shutil
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -185,21 +186,32 @@ def image_roots(root: Path, content) -> Roots:
 def cache_roots(index) -> Roots:
     """Layer blobs and diff_ids named by the cache records (unreadable records name nothing)."""
     roots = Roots()
-    for key in index.keys():
-        try:
-            rec = index.read(key)
-        except ValueError:
+    for entry in index.entries():
+        if isinstance(entry, tuple):  # (key, why it is malformed)
             continue
-        if rec is not None and rec.layer is not None:
-            roots.blobs.add(rec.layer.digest)
-            roots.diff_ids.add(rec.layer.diff_id)
+        if entry.record.layer is not None:
+            roots.blobs.add(entry.record.layer.digest)
+            roots.diff_ids.add(entry.record.layer.diff_id)
+    return roots
+
+
+def container_roots(root: Path, content) -> Roots:
+    """The images of container records (``containers/<id>/config.json``'s ``ImageManifest``,
+    see ``runtime.containers``): their snapshots are a container's lowerdirs until `rm`."""
+    roots = Roots()
+    for cfg in sorted((Path(root) / "containers").glob("*/config.json")):
+        try:
+            digest = json.loads(cfg.read_bytes()).get("ImageManifest")
+        except (OSError, ValueError, AttributeError):
+            continue
+        _mark_descriptor(content, digest, roots)
     return roots
 
 
 def mark(store, *, include_cache: bool = True) -> Roots:
-    """Roots of ``store`` (a ``pybuild.store.Store``): images, plus cache records unless
-    ``include_cache`` is false."""
-    roots = image_roots(store.root, store.content)
+    """Roots of ``store`` (a ``pybuild.store.Store``): images and containers' images, plus
+    cache records unless ``include_cache`` is false."""
+    roots = image_roots(store.root, store.content).update(container_roots(store.root, store.content))
     if include_cache:
         roots.update(cache_roots(store.index))
     return roots
@@ -207,10 +219,22 @@ def mark(store, *, include_cache: bool = True) -> Roots:
 
 # -- sweep --------------------------------------------------------------------------------------
 
-def dir_size(path: Path) -> int:
+def dir_size(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
     """Disk space used under ``path`` (allocated blocks of every entry, directories and the
-    small files that dominate snapshots included; hard links counted once), as `du` counts it."""
-    total, seen = 0, set()
+    small files that dominate snapshots included; hard links counted once), as `du` counts it.
+    Passing the same ``seen`` set to several calls counts an inode shared by them once, as one
+    `du` over all of them would."""
+    total = 0
+    seen = set() if seen is None else seen
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    if not os.path.isdir(path) or os.path.islink(path):  # a single file (or link) counts itself
+        if (st.st_dev, st.st_ino) in seen:
+            return 0
+        seen.add((st.st_dev, st.st_ino))
+        return st.st_blocks * 512
     for dirpath, dirnames, filenames in os.walk(path):
         for name in [*dirnames, *filenames, ""]:
             try:
@@ -257,28 +281,76 @@ def sweep(store, roots: Roots, *, dry_run: bool = False) -> GCResult:
     return result
 
 
-def prune_cache(store, *, all: bool = False) -> list[str]:
+def prune_cache(store, *, all: bool = False, older_than: datetime | None = None,
+                keep_bytes: int | None = None) -> list[str]:
     """Delete cache records: every one with ``all``, else those with a layer that no tagged
     image uses (records without a layer - steps that changed nothing - cost nothing and are
-    kept).  The caller holds ``exclusive(store.root)``.  Returns the removed keys."""
+    kept).  ``older_than`` (``--filter until=``) spares records built or reused since then;
+    ``keep_bytes`` (``--keep-storage``) removes candidates least recently used first, only
+    until the layers the remaining records hold (blob + snapshot) fit in that many bytes.
+    The caller holds ``exclusive(store.root)``.  Returns the removed keys."""
     in_images = image_roots(store.root, store.content)
     removed = []
-    for key in store.index.keys():
-        if not all:
-            try:
-                rec = store.index.read(key)
-            except ValueError:
-                rec = None  # unreadable: useless, drop it
-            else:
-                if rec is None or rec.layer is None or rec.layer.digest in in_images.blobs:
-                    continue
-        store.index.delete(key)
-        removed.append(key)
-    if all:
+    candidates: list[tuple[str, str]] = []  # (last used or created, key)
+    held: dict[str, int] = {}               # layer digest -> bytes, over every record's layer
+    for entry in store.index.entries():
+        if isinstance(entry, tuple):  # malformed: useless, drop it
+            store.index.delete(entry[0])
+            removed.append(entry[0])
+            continue
+        key, rec = entry.record.key, entry.record
+        if rec.layer is not None and rec.layer.digest not in held:
+            held[rec.layer.digest] = _layer_bytes(store, rec.layer)
+        if not all and (rec.layer is None or rec.layer.digest in in_images.blobs):
+            continue
+        used = entry.last_used or rec.created
+        if older_than is not None and _parse_time(used) >= older_than:
+            continue
+        candidates.append((used, key))
+    candidates.sort()
+    if keep_bytes is not None:
+        by_key = {e.record.key: e.record for e in store.index.entries() if not isinstance(e, tuple)}
+        users: dict[str, int] = {}
+        for rec in by_key.values():
+            if rec.layer is not None:
+                users[rec.layer.digest] = users.get(rec.layer.digest, 0) + 1
+        total = sum(held.values())
+        for _, key in candidates:
+            if total <= keep_bytes:
+                break
+            store.index.delete(key)
+            removed.append(key)
+            layer = by_key[key].layer
+            if layer is not None:
+                users[layer.digest] -= 1
+                if users[layer.digest] == 0 and layer.digest not in in_images.blobs:
+                    total -= held[layer.digest]
+    else:
+        for _, key in candidates:
+            store.index.delete(key)
+            removed.append(key)
+    if all and older_than is None and keep_bytes is None:
+        # The context checksum cache only saves re-reading files; "all build cache" includes it.
+        store.index.clear_file_digests()
         # Step logs (the builder's `logs/`) belong to the build cache. The small records of each
         # step's last definition (`cache/last/`) stay: they let the next miss say "pruned".
         shutil.rmtree(store.root / "logs", ignore_errors=True)
+    else:
+        store.index.forget_missing_files()
     return removed
+
+
+def _layer_bytes(store, layer) -> int:
+    """Disk bytes a cached layer holds: its blob and its unpacked snapshot."""
+    snap = store.snapshots.path(layer.diff_id)
+    return layer.size + (dir_size(snap) if snap.exists() else 0)
+
+
+def _parse_time(text: str | None) -> datetime:
+    try:
+        return datetime.fromisoformat((text or "").replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)  # undated: as old as can be
 
 
 def collect(store, *, include_cache: bool = True, wait: bool = True,

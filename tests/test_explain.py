@@ -20,3 +20,28 @@ def test_other_fields():
     old = {"op": "RUN", "args": ["sh"], "user": None, "env": []}
     new = {"op": "RUN", "args": ["sh"], "user": "1000", "env": []}
     assert describe_difference(old, new, None, None) == "changed: the user"
+
+
+def test_remembered_environment_keeps_names_not_values(tmp_path):
+    from pybuild.builder.explain import MissExplainer
+
+    ex = MissExplainer(tmp_path)
+    ex.remember("parent", "RUN make", {"args": ["make"], "env": ["TOKEN=hunter2-secret", "A=1"]}, None)
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "cache" / "last").iterdir())
+    assert b"hunter2-secret" not in stored and b"TOKEN=sha256:" in stored
+    assert ex.explain("parent", "RUN make", {"args": ["make"], "env": ["TOKEN=other", "A=1"]},
+                      None) == "environment changed (build args or ENV): TOKEN"
+    assert ex.explain("parent", "RUN make", {"args": ["make"], "env": ["TOKEN=hunter2-secret", "A=1"]},
+                      None).startswith("same inputs")
+
+
+def test_miss_reason_names_a_changed_file_of_a_directory_source_once(cli, tmp_path):
+    """Regression: `COPY src/ /app/` used to report `src/a.py/a.py`."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/a.py").write_text("1\n")
+    (tmp_path / "src/b.py").write_text("2\n")
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY src/ /app/\n")
+    cli("build", str(tmp_path), check=True)
+    (tmp_path / "src/a.py").write_text("changed\n")
+    out = cli("build", "--progress", "plain", str(tmp_path), check=True).stderr
+    assert "cache miss: copied files changed: src/a.py\n" in out

@@ -140,6 +140,10 @@ def check_refs(store, rep: Report) -> None:
             rep.dangling.append(e)
         else:
             rep.refs |= diff_ids
+    for problem in store.index.check():  # SQLite's own consistency check of cache/index.db
+        rep.problems.append(f"cache index {store.index.path}: {problem} (not repaired: removing the "
+                            "file resets the build cache)")
+        rep.index_ok = False
     for key in store.index.keys():
         try:
             rec = store.index.read(key)

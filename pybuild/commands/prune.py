@@ -9,21 +9,77 @@ NAME = "prune"
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="remove build cache and unreferenced data",
                        description="Like docker builder prune: without -a, removes the cache records "
-                                   "whose layer no tagged image uses; with -a, all of them. Then deletes "
+                                   "whose layer no tagged image uses; with -a, all of them and the RUN "
+                                   "--mount=type=cache directories. Then deletes "
                                    "blobs, snapshots and stale temp files nothing references. Waits for "
                                    "running builds to finish.")
     p.add_argument("-a", "--all", action="store_true", help="remove all build cache, not only unused")
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+    p.add_argument("--filter", action="append", default=[], metavar="until=DURATION",
+                   help="only cache not used within DURATION (Go syntax: 24h, 90m, 1h30m)")
+    p.add_argument("--keep-storage", metavar="SIZE",
+                   help="remove least recently used cache only until it fits in SIZE (e.g. 10GB, 512MiB)")
+    p.epilog = "Examples: pybuild prune -f --filter until=24h; pybuild prune -a -f --keep-storage 5GB"
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(text: str) -> float:
+    """Go's time.ParseDuration subset docker accepts: `24h`, `1h30m`, `90s`, `1.5h` -> seconds."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)", text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r} (e.g. 24h, 90m, 1h30m)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_size(text: str) -> int:
+    """docker's RAMInBytes: `512MiB`, `10GB`, `1g`, `100000` (binary multiples) -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", text.lower())
+    if not m:
+        raise ValueError(f"invalid size {text!r} (e.g. 512MiB, 10GB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def _options(args):
+    """(older_than, keep_bytes) from the flags; UsageError naming the flag."""
+    from datetime import datetime, timedelta, timezone
+
+    from pybuild.errors import UsageError
+
+    older_than = None
+    for item in args.filter:
+        key, sep, value = item.partition("=")
+        if key != "until" or not sep:
+            raise UsageError(f"--filter {item}: only until=DURATION is supported")
+        try:
+            older_than = datetime.now(timezone.utc) - timedelta(seconds=parse_duration(value))
+        except ValueError as exc:
+            raise UsageError(f"--filter {item}: {exc}") from None
+    keep = None
+    if args.keep_storage is not None:
+        try:
+            keep = parse_size(args.keep_storage)
+        except ValueError as exc:
+            raise UsageError(f"--keep-storage {args.keep_storage}: {exc}") from None
+    return older_than, keep
 
 
 def run(args, store_factory) -> int:
     import sys
 
+    from pybuild.builder.mounts import remove_cache_mounts
     from pybuild.cache import gc
     from pybuild.errors import PybuildError
 
     from ._format import human_size
 
+    older_than, keep_bytes = _options(args)
     if not args.force:
         what = "all build cache" if args.all else "build cache not used by any image"
         print(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ",
@@ -38,12 +94,15 @@ def run(args, store_factory) -> int:
 
     try:
         with gc.exclusive(store.root, wait=True, on_wait=waiting):
-            removed = gc.prune_cache(store, all=args.all)
+            removed = gc.prune_cache(store, all=args.all, older_than=older_than, keep_bytes=keep_bytes)
             result = gc.sweep(store, gc.mark(store, include_cache=True))
+            # RUN --mount=type=cache directories go with -a only, as with `docker builder prune -a`
+            whole = args.all and older_than is None and keep_bytes is None
+            cache_mounts = remove_cache_mounts(store.root) if whole else []
     except ValueError as exc:  # index.json unreadable: never sweep blind
         raise PybuildError(f"prune: {exc} (see `pybuild fsck`)") from None
     result.cache_records = removed
-    if removed or result.blobs or result.snapshots:
+    if removed or result.blobs or result.snapshots or cache_mounts:
         print("Deleted build cache objects:")
         for key in removed:
             print(key)
@@ -51,6 +110,9 @@ def run(args, store_factory) -> int:
             print(blob.digest)
         for diff_id, _ in result.snapshots:
             print(f"snapshot {diff_id}")
+        for mount in cache_mounts:
+            print(f"cache mount {mount.id}")
         print()
-    print(f"Total reclaimed space: {human_size(result.reclaimed, 4)}")
+    reclaimed = result.reclaimed + sum(m.size for m in cache_mounts)
+    print(f"Total reclaimed space: {human_size(reclaimed, 4)}")
     return 0
