@@ -39,6 +39,23 @@ MANIFEST_MEDIA_TYPES = frozenset({MEDIA_TYPE_MANIFEST, MEDIA_TYPE_DOCKER_MANIFES
 INDEX_MEDIA_TYPES = frozenset({MEDIA_TYPE_INDEX, MEDIA_TYPE_DOCKER_MANIFEST_LIST})
 
 
+# docker schema2 layer media types -> their OCI equivalents (same bytes, same digests).
+DOCKER_TO_OCI_LAYER = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+}
+
+
+def as_oci_layers(layers: list[LayerBlob]) -> list[LayerBlob]:
+    """The layers with docker media types renamed to OCI ones, so an image built on a docker
+    schema2 base gets a consistent OCI manifest."""
+    return [LayerBlob(digest=x.digest, diff_id=x.diff_id, size=x.size,
+                      media_type=DOCKER_TO_OCI_LAYER.get(x.media_type, x.media_type)) for x in layers]
+
+
 class InvalidImage(ValueError):
     """A manifest or config blob is not a usable single-platform image."""
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Reference", "InvalidReference", "parse_reference", "DEFAULT_TAG"]
+__all__ = ["Reference", "InvalidReference", "parse_reference", "DEFAULT_TAG", "DOCKER_HUB",
+           "RemoteReference", "normalize_reference", "familiar_name"]
 
 DEFAULT_TAG = "latest"
+DOCKER_HUB = "docker.io"
+_DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 NAME_TOTAL_LENGTH_MAX = 255
 
 _ALNUM = r"[a-z0-9]+"
@@ -130,3 +133,69 @@ def parse_reference(s: str | Reference) -> Reference:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(name=name, tag=tag, digest=digest)
+
+
+@dataclass(frozen=True)
+class RemoteReference:
+    """A reference as a registry sees it, after docker's normalisation.
+
+    ``registry`` is the host[:port] (``docker.io`` for Docker Hub), ``repository`` the path
+    inside it (``library/busybox``); ``tag`` and ``digest`` as in :class:`Reference`.
+    """
+
+    registry: str
+    repository: str
+    tag: str | None = DEFAULT_TAG
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The fully qualified name: ``docker.io/library/busybox``."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def familiar(self) -> str:
+        """The short name docker displays and our local store uses: ``busybox`` for
+        ``docker.io/library/busybox``, ``user/app`` for ``docker.io/user/app``, else the full name."""
+        return familiar_name(self.registry, self.repository)
+
+    def local(self) -> Reference:
+        """The local store's name for this image (familiar name, same tag and digest)."""
+        return Reference(name=self.familiar, tag=self.tag, digest=self.digest)
+
+    def with_tag(self, tag: str | None, digest: str | None = None) -> "RemoteReference":
+        return RemoteReference(self.registry, self.repository, tag, digest)
+
+    def __str__(self) -> str:
+        return str(Reference(self.name, self.tag, self.digest))
+
+
+def familiar_name(registry: str, repository: str) -> str:
+    if registry == DOCKER_HUB:
+        return repository.removeprefix("library/") if repository.count("/") == 1 else repository
+    return f"{registry}/{repository}"
+
+
+def normalize_reference(s: str | Reference) -> RemoteReference:
+    """Docker's normalisation: ``busybox`` -> ``docker.io/library/busybox:latest``,
+    ``user/app`` -> ``docker.io/user/app:latest``, ``host:5000/a/b:t`` stays on ``host:5000``.
+
+    A first path component is a registry host when it contains ``.`` or ``:`` or is
+    ``localhost`` (as in distribution/reference's ParseNormalizedNamed); ``index.docker.io``
+    and ``registry-1.docker.io`` are Docker Hub.  Raises :class:`InvalidReference`.
+    """
+    ref = parse_reference(s)
+    domain = ref.domain
+    if domain is not None and domain != domain.lower() and "." not in domain and ":" not in domain:
+        domain = None  # an upper-case first component is not a host for docker either
+    if domain is None:
+        registry, repository = DOCKER_HUB, ref.name
+    else:
+        registry, repository = domain, ref.name[len(domain) + 1:]
+    if registry in _DOCKER_HUB_ALIASES:
+        registry = DOCKER_HUB
+        if "/" not in repository:
+            repository = "library/" + repository
+    if repository != repository.lower():
+        raise InvalidReference(str(s), f"repository name {repository!r} must be lowercase")
+    return RemoteReference(registry, repository, ref.tag, ref.digest)

@@ -137,23 +137,27 @@ class ImageStore:
         ref = parse_reference(ref)
         if ref.tag is None:
             raise InvalidReference(str(ref), "cannot tag with a digest reference; give name:tag")
+        self._put_entry(ref.tagged, manifest, created)
+
+    def _put_entry(self, ref_name: str, manifest: BlobInfo, created: str | None) -> None:
+        """Write the index.json entry named ``ref_name`` for ``manifest`` (see :meth:`tag`)."""
         if not self.content.exists(manifest.digest):
-            raise ImageStoreError(f"cannot tag {ref.tagged}: manifest blob {manifest.digest} is missing")
+            raise ImageStoreError(f"cannot tag {ref_name}: manifest blob {manifest.digest} is missing")
         try:
             m = load_manifest(self.content, manifest.digest)
             config_digest = m["config"]["digest"]
             for d in [config_digest] + [layer["digest"] for layer in m.get("layers", [])]:
                 if not self.content.exists(d):
-                    raise ImageStoreError(f"cannot tag {ref.tagged}: blob {d} of {manifest.digest} is missing")
+                    raise ImageStoreError(f"cannot tag {ref_name}: blob {d} of {manifest.digest} is missing")
             config = json.loads(self.content.read_bytes(config_digest))
         except (InvalidImage, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ImageStoreError(f"cannot tag {ref.tagged}: {e}") from e
+            raise ImageStoreError(f"cannot tag {ref_name}: {e}") from e
         entry: dict = {
             "mediaType": m.get("mediaType", MEDIA_TYPE_MANIFEST),
             "digest": manifest.digest,
             "size": self.content.size(manifest.digest),
             "annotations": {
-                ANNOTATION_REF_NAME: ref.tagged,
+                ANNOTATION_REF_NAME: ref_name,
                 ANNOTATION_CREATED: created or rfc3339(),
             },
         }
@@ -163,10 +167,20 @@ class ImageStore:
                 entry["platform"]["variant"] = config["variant"]
         with self._locked():
             index = self._read_index()
-            manifests = [e for e in index["manifests"] if self._ref_name(e) != ref.tagged]
+            manifests = [e for e in index["manifests"] if self._ref_name(e) != ref_name]
             manifests.append(entry)
             index["manifests"] = manifests
             write_json_atomic(self.index_path, index)
+
+    def pin(self, ref: str | Reference, manifest: BlobInfo) -> None:
+        """Record ``name@digest`` (a pull by digest, which has no tag): an index.json entry whose
+        ref.name annotation is ``name@digest``, pointing at ``manifest`` (the platform manifest
+        the digest resolved to), so later lookups of that reference work offline and GC keeps it.
+        Same checks and atomicity as :meth:`tag`."""
+        ref = parse_reference(ref)
+        if ref.digest is None:
+            raise InvalidReference(str(ref), "pin needs a name@digest reference")
+        self._put_entry(f"{ref.name}@{ref.digest}", manifest, None)
 
     def untag(self, ref: str | Reference) -> str:
         """Remove the entry for ``ref``; return the manifest digest it pointed at."""
@@ -207,6 +221,9 @@ class ImageStore:
         except InvalidReference:
             parsed = None
         if parsed is not None and parsed.digest is not None:
+            for e in reversed(entries):  # pinned by a pull by digest (the digest may be an index's)
+                if self._ref_name(e) == f"{parsed.name}@{parsed.digest}":
+                    return e["digest"]
             if any(e.get("digest") == parsed.digest for e in entries):
                 return parsed.digest
             if parsed.digest.startswith("sha256:") and self.content.exists(parsed.digest):
