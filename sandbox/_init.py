@@ -7,7 +7,8 @@ Process layout::
     pybuild ── outer (this script, unshare()s, forwards signals) ── PID 1 (mounts, pivot_root,
                reaper) ── command
 
-The outer process calls unshare(NEWNS|NEWPID|NEWUTS|NEWIPC[|NEWNET]) and forks: the child is
+The outer process joins the network namespace file given as ``network`` (if any), calls
+unshare(NEWNS|NEWPID|NEWUTS|NEWIPC[|NEWNET]) and forks: the child is
 PID 1 of the new PID namespace.  PID 1 builds the root file system inside the private mount
 namespace, pivots into it, forks the command and reaps everything; when the command exits it
 kills whatever is left in the namespace and exits with the command's status.
@@ -35,6 +36,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 import warnings  # noqa: F401 - os.execvpe imports it lazily, after pivot_root it is gone
 
 if __package__:
@@ -76,6 +78,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
@@ -258,6 +261,16 @@ def mount_proc_sys_dev(cfg: dict, root: str, stubs: list[str]) -> None:
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             os.close(fd)
             mount("/dev/" + name, p, None, MS_BIND)
+    if cfg.get("tty"):
+        # -t: the pty slave we were given as stdin is also /dev/console, as docker does, so
+        # ttyname() inside finds it (the host's devpts is not visible in the container)
+        # (bind by path: our copy of the host's mounts has it; the fd's own mount is in the
+        # parent namespace, and binding from another namespace's mount is refused)
+        slave = os.readlink("/proc/self/fd/0")
+        if os.path.exists(slave) and os.stat(slave).st_rdev == os.fstat(0).st_rdev:
+            console = os.path.join(dev, "console")
+            os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            mount(slave, console, None, MS_BIND)
     os.mkdir(os.path.join(dev, "pts"), 0o755)
     mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
           "newinstance,ptmxmode=0666,mode=0620")
@@ -276,7 +289,7 @@ def mount_proc_sys_dev(cfg: dict, root: str, stubs: list[str]) -> None:
     if sysdir is None:
         raise SetupError("/sys in the image is not a directory")
     ro = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if cfg["network"] == "none":
+    if cfg["network"] != "host":  # our own netns (new or joined): a fresh sysfs shows its devices
         mount("sysfs", sysdir, "sysfs", ro)
     else:
         # sysfs shows the net namespace of the mounter; share the host's, read-only.
@@ -421,6 +434,8 @@ def exec_command(cfg: dict, ctl: Ctl, uid: int, gid: int, sgids: list[int], env:
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.setsid()
+        if cfg.get("tty"):
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # stdin is the pty slave: our controlling tty
         policy.apply(uid, gid, sgids, privileged=bool(cfg.get("privileged")), seccomp=seccomp)
         try:
             os.chdir(cfg["cwd"])
@@ -474,7 +489,7 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
             mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
         # 2. UTS + network
         socket.sethostname(cfg["hostname"])
-        if cfg["network"] == "none":
+        if cfg["network"] != "host":
             loopback_up()
         # the seccomp filter (compiled by pybuild) must be read before the old root is gone
         seccomp = None
@@ -517,7 +532,9 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
         except OSError:
             pass
 
-    for sig in FORWARDED_SIGNALS + (signal.SIGUSR1, signal.SIGUSR2):
+    # Every catchable signal reaches the command (`stop` sends the image's STOPSIGNAL, `kill -s`
+    # any): the kernel only delivers to a namespace's init the signals it handles.
+    for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}:
         signal.signal(sig, forward)
 
     status = None
@@ -540,6 +557,18 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
     code = os.WEXITSTATUS(status)
     ctl.send(exit=code, signal=None)
     return code
+
+
+def join_netns(path: str) -> None:
+    """setns() into the network namespace file ``path`` (a bridge endpoint made by pybuild)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError(f"network namespace {path}: {e.strerror}")
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {path}")
+    finally:
+        os.close(fd)
 
 
 def join_cgroups(procs_files: list[str]) -> None:
@@ -577,6 +606,8 @@ def outer(cfg: dict, ctl: Ctl) -> int:
     if cfg["network"] == "none":
         flags |= CLONE_NEWNET
     try:
+        if cfg["network"] not in ("none", "host"):
+            join_netns(cfg["network"])  # before NEWNS: the path is the host's
         join_cgroups(cfg.get("cgroup_procs") or [])
         if os.path.exists("/proc/self/ns/cgroup"):
             # The run's cgroup (or, without limits, pybuild's) becomes its cgroup root:

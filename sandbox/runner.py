@@ -7,7 +7,9 @@ the mount-point stubs the init had to create in the upper dir and the temp dir.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import ipaddress
 import json
 import os
 import shutil
@@ -63,12 +65,19 @@ class ProcessSpec:
     cwd: str = "/"
     user: str | None = None
     hostname: str = "pybuild"
+    # "none" (a new netns with only lo), "host", or the absolute path of a network-namespace
+    # file (e.g. runtime.network's Endpoint.netns) that the sandbox joins instead
     network: str = "none"
     # BuildKit's `RUN --security=insecure`: keep every capability, no no_new_privs (policy.py)
     privileged: bool = False
     # cgroup limits (cgroups.py); None = no cgroup is created
     resources: Resources | None = None
     mounts: list[Mount] = field(default_factory=list)
+    # stdin is the slave of a pseudo-terminal: the command gets it as its controlling terminal
+    # and as /dev/console (the caller relays the master and sets the window size on it)
+    tty: bool = False
+    # name -> IPv4/IPv6 address, appended to the sandbox's /etc/hosts (other containers by name)
+    extra_hosts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,7 +145,14 @@ def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
     if not spec.args or not spec.args[0]:
         raise SandboxError("empty command")
     if spec.network not in ("none", "host"):
-        raise SandboxError(f"unknown network mode {spec.network!r}")
+        _validate_netns(spec.network)
+    for name, addr in spec.extra_hosts.items():
+        if not name or any(c.isspace() or c in "#\0" for c in name):
+            raise SandboxError(f"invalid extra host name {name!r}")
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise SandboxError(f"extra host {name}: {addr!r} is not an IP address") from None
     if (rootfs.upperdir is None) != (rootfs.workdir is None):
         raise SandboxError("upperdir and workdir must be given together")
     for p in list(rootfs.lowerdirs) + [rootfs.upperdir, rootfs.workdir]:
@@ -161,6 +177,27 @@ def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
             spec.resources.validate()
         except CgroupError as e:
             raise SandboxError(str(e)) from None
+
+
+_NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: returns its CLONE_NEW* type
+
+
+def _validate_netns(path: str) -> None:
+    """``path`` must be an absolute path naming a network namespace (an nsfs file)."""
+    if not path.startswith("/") or "\0" in path:
+        raise SandboxError(f"unknown network mode {path!r} (none, host or a netns file path)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SandboxError(f"network namespace {path}: {e.strerror}") from None
+    try:
+        nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        nstype = None
+    finally:
+        os.close(fd)
+    if nstype != _init.CLONE_NEWNET:
+        raise SandboxError(f"network namespace {path}: not a network namespace file")
 
 
 def _validate_mount(m: Mount) -> None:
@@ -198,17 +235,47 @@ def _write_etc(tmp: str, spec: ProcessSpec) -> None:
     with open(os.path.join(etc, "hosts"), "w") as f:
         f.write(f"127.0.0.1\tlocalhost {spec.hostname}\n"
                 "::1\tlocalhost ip6-localhost ip6-loopback\n")
+        f.writelines(f"{addr}\t{name}\n" for name, addr in sorted(spec.extra_hosts.items()))
     try:
         with open("/etc/resolv.conf") as f:
             resolv = f.read()
     except OSError:
         resolv = ""
+    if spec.network not in ("none", "host"):
+        resolv = _resolv_for_own_netns(resolv)
     with open(os.path.join(etc, "resolv.conf"), "w") as f:
         f.write(resolv)
     with open(os.path.join(etc, "hostname"), "w") as f:
         f.write(spec.hostname + "\n")
     for name in ("hosts", "resolv.conf", "hostname"):
         os.chmod(os.path.join(etc, name), 0o644)
+
+
+def _loopback_nameserver(line: str) -> bool:
+    words = line.split()
+    if len(words) < 2 or words[0] != "nameserver":
+        return False
+    try:
+        return ipaddress.ip_address(words[1].split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolv_for_own_netns(resolv: str) -> str:
+    """The host's resolv.conf for a container with its own network (bridge), as docker makes
+    it: a nameserver on the host's loopback (systemd-resolved, dnsmasq) is unreachable from
+    there, so systemd-resolved's upstream list is used instead, loopback servers are dropped,
+    and with none left docker's defaults (8.8.8.8, 8.8.4.4) are used."""
+    if any(_loopback_nameserver(line) for line in resolv.splitlines()):
+        try:
+            with open("/run/systemd/resolve/resolv.conf") as f:
+                resolv = f.read()
+        except OSError:
+            pass
+    lines = [line for line in resolv.splitlines() if not _loopback_nameserver(line)]
+    if not any(line.split()[:1] == ["nameserver"] for line in lines):
+        lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
+    return "\n".join(lines) + "\n"
 
 
 def _lstat_rel(base: str, rel: str) -> os.stat_result | None:
@@ -385,6 +452,7 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
             "hostname": spec.hostname, "network": spec.network,
             "lowerdirs": lowerdirs, "upperdir": upper, "workdir": work,
             "ctl_fd": ctl_w, "parent_pid": os.getpid(), "privileged": bool(spec.privileged),
+            "tty": bool(spec.tty),
             "cgroup_procs": cg.procs_files() if cg is not None else [],
             "mounts": [{"type": m.type, "target": m.target,
                         "source": None if m.source is None else str(m.source),

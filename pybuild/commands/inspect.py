@@ -1,4 +1,4 @@
-"""`pybuild inspect IMAGE...`: image config + manifest as a JSON array, like `docker inspect`."""
+"""`pybuild inspect NAME...`: image config + manifest (or a container's record) as a JSON array, like `docker inspect`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def describe(store, manifest_digest: str) -> dict:
     }
 
 
+def _container(store, name: str) -> dict | None:
+    from pybuild.runtime.containers import ContainerNotFound, ContainerStore
+    from pybuild.runtime.inspect import describe_container
+
+    try:
+        return describe_container(ContainerStore(store.root).get(name))
+    except ContainerNotFound:
+        return None
+
+
 def run(args, store_factory) -> int:
     import json
     import sys
@@ -65,7 +75,11 @@ def run(args, store_factory) -> int:
         try:
             obj = describe(store, store.images.resolve(name))
         except ImageNotFound:
-            errors.append(f"Error: No such object: {name}")
+            obj = _container(store, name)  # docker inspect: images first, then containers
+            if obj is None:
+                errors.append(f"Error: No such object: {name}")
+            else:
+                out.append(obj)
             continue
         except InvalidImage as exc:
             errors.append(f"Error: {name}: {exc}")

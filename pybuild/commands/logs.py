@@ -1,0 +1,62 @@
+"""`pybuild logs [-f] [-t] CONTAINER`: a container's output, as `docker logs`.
+
+stdout records go to stdout and stderr records to stderr, in the order they were written.
+"""
+
+from __future__ import annotations
+
+NAME = "logs"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("logs", help="show a container's output",
+                       description="Like docker logs. Example: pybuild logs -f web")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
+    p.add_argument("-t", "--timestamps", action="store_true", help="prefix each chunk with its time")
+    p.add_argument("container")
+
+
+def _emit(line: bytes, timestamps: bool) -> None:
+    import json
+    import sys
+
+    try:
+        rec = json.loads(line)
+        text, stream = rec["log"], rec.get("stream", "stdout")
+    except (ValueError, KeyError, TypeError):
+        return  # a torn last line of a killed supervisor
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    out.write((rec.get("time", "") + " " if timestamps else "") + text)
+    out.flush()
+
+
+def run(args, store_factory) -> int:
+    import time
+
+    from pybuild.commands.run import open_runtime
+
+    _, containers = open_runtime(store_factory)
+    c = containers.get(args.container)
+    try:
+        f = open(c.log_path, "rb")
+    except FileNotFoundError:  # it has not written anything yet
+        return 0
+    with f:
+        pending = b""
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    _emit(line, args.timestamps)
+                continue
+            if not args.follow or not c.supervised():
+                if args.follow:  # the holder is gone: read what it wrote last
+                    rest = f.read()
+                    if rest:
+                        pending += rest
+                        continue
+                break
+            time.sleep(0.05)  # follow: poll for appended lines (the file has no other signal)
+    return 0

@@ -1,0 +1,73 @@
+"""runtime.options: pure parsing of run's flags (docker's syntax)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from pybuild.runtime.options import (MountRequest, RunOptionError, command_line, parse_env, parse_env_file,
+                                     parse_mount, parse_signal, parse_tmpfs, parse_volume)
+
+
+def test_volume_forms():
+    assert parse_volume("/host/dir:/data") == MountRequest("bind", "/data", "/host/dir", False, create_host_dir=True)
+    assert parse_volume("/host/:/data/:ro").readonly
+    assert parse_volume("cache:/var/cache") == MountRequest("volume", "/var/cache", "cache")
+    assert parse_volume("/anon") == MountRequest("volume", "/anon", None)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rel/dir:/data", "neither an absolute host path nor a volume name"),
+    ("/h:data", "must be absolute"),
+    ("/h:/data:rx", "invalid mode"),
+    ("/h:/", "cannot mount over /"),
+    ("a:b:c:d", "expected"),
+])
+def test_volume_errors_name_the_flag(text, message):
+    with pytest.raises(RunOptionError, match=message) as e:
+        parse_volume(text)
+    assert str(e.value).startswith(f"-v {text}")
+
+
+def test_mount_forms():
+    assert parse_mount("type=bind,source=/h,target=/c,readonly") == MountRequest("bind", "/c", "/h", True)
+    assert parse_mount("type=volume,src=v1,dst=/c") == MountRequest("volume", "/c", "v1")
+    assert parse_mount("type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=1777") == \
+        MountRequest("tmpfs", "/t", None, False, ("size=64m", "mode=1777"))
+    for bad, msg in (("type=bind,target=/c", "absolute source"), ("type=nfs,target=/c", "unknown type"),
+                     ("type=tmpfs,target=/t,tmpfs-mode=9", "octal"), ("type=volume,target=/c,color=red",
+                                                                          "unknown option")):
+        with pytest.raises(RunOptionError, match=msg):
+            parse_mount(bad)
+
+
+def test_tmpfs():
+    assert parse_tmpfs("/run:size=1m,ro") == MountRequest("tmpfs", "/run", None, True, ("size=1m",))
+    with pytest.raises(RunOptionError, match="unknown option"):
+        parse_tmpfs("/run:bogus")
+
+
+def test_env_precedence_and_host_lookup():
+    env = parse_env(["A=image", "B=image"], ["B=flag", "C", "D"], {"C": "host"})
+    assert env == {"A": "image", "B": "flag", "C": "host",
+                   "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    assert parse_env_file("f", "# c\n\nX=1\n  Y\n") == ["X=1", "Y"]
+    with pytest.raises(RunOptionError, match="--env-file f:2"):
+        parse_env_file("f", "X=1\nBAD NAME=2\n")
+
+
+def test_signals():
+    assert parse_signal(None) == signal.SIGTERM
+    assert parse_signal("SIGUSR1") == parse_signal("usr1") == parse_signal("10") == signal.SIGUSR1
+    assert parse_signal("RTMIN+3") == signal.SIGRTMIN + 3
+    with pytest.raises(RunOptionError, match="no such signal"):
+        parse_signal("SIGBOGUS")
+
+
+def test_command_line_follows_docker():
+    cfg = {"Entrypoint": ["/ep"], "Cmd": ["default"]}
+    assert command_line(cfg, None, []) == ["/ep", "default"]
+    assert command_line(cfg, None, ["x"]) == ["/ep", "x"]
+    assert command_line(cfg, "/other", []) == ["/other"]  # --entrypoint drops the image's Cmd
+    assert command_line({"Cmd": ["sh"]}, None, []) == ["sh"]
