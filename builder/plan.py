@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from pybuild.builder.mounts import MountSpecError, mount_location, parse_mount
 from pybuild.errors import BuildError
 from pybuild.grammar import ast, expand_word
 
@@ -98,8 +99,11 @@ def check_supported(ins: ast.Instruction, allow: frozenset[str] = frozenset()) -
         raise BuildError(f"{what} is not supported by pybuild yet", location(ins))
 
     if isinstance(ins, ast.Run):
-        if ins.mounts:
-            refuse("RUN --mount")
+        for text in ins.mounts:
+            try:
+                parse_mount(text)  # keys and constant values now; the rest once expanded
+            except MountSpecError as exc:
+                raise BuildError(f"RUN --mount={text}: {exc}", mount_location(ins, text)) from None
         if ins.security == "insecure" and "security.insecure" not in allow:
             raise BuildError("RUN --security=insecure runs with all capabilities and no seccomp filter; "
                              "allow it with --allow security.insecure", location(ins))
@@ -111,9 +115,11 @@ def check_supported(ins: ast.Instruction, allow: frozenset[str] = frozenset()) -
         if ins.has_flag("device"):
             refuse("RUN --device")
     elif isinstance(ins, (ast.Copy, ast.Add)):
-        for flag in ("parents", "exclude", "checksum", "keep-git-dir"):
-            if ins.has_flag(flag):
-                refuse(f"{ins.keyword} --{flag}")
+        if isinstance(ins, ast.Add) and ins.has_flag("checksum") and not ins.checksum:
+            raise BuildError("ADD --checksum needs a value (sha256:<hex> for a URL, a commit for git)",
+                             f"{location(ins)}:{ins.span.start_col}")
+        if any(not value for value in ins.flag_values("exclude")):
+            raise BuildError(f"{ins.keyword} --exclude needs a pattern", f"{location(ins)}:{ins.span.start_col}")
     elif isinstance(ins, ast.From):
         if ins.platform and ins.platform.lower() not in SUPPORTED_PLATFORMS and "$" not in ins.platform:
             raise BuildError(f"FROM --platform={ins.platform}: only linux/amd64 can be built on this host",
@@ -151,6 +157,19 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
                                      "it can only read stages defined before it", location(ins))
                 if idx is not None:
                     copy_from.append(idx)
+            if isinstance(ins, ast.Run):  # RUN --mount=from=STAGE reads that stage too
+                for text in ins.mounts:
+                    try:
+                        src = parse_mount(text).from_
+                    except MountSpecError as exc:
+                        raise BuildError(f"RUN --mount={text}: {exc}", mount_location(ins, text)) from None
+                    idx = stage_index(src, stages, stage.index) if src else None
+                    later = bool(src) and any((s.name or "").lower() == src.lower() for s in stages[stage.index:])
+                    if src and idx is None and (later or (src.isdigit() and int(src) < len(stages))):
+                        raise BuildError(f"RUN --mount from={src} names this stage or a later one; "
+                                         "it can only read stages defined before it", mount_location(ins, text))
+                    if idx is not None:
+                        copy_from.append(idx)
         plans.append(StagePlan(stage=stage, label=stage.name or str(stage.index),
                                base_image=None if base_stage is not None else image,
                                base_stage=base_stage, copy_from=tuple(copy_from),
@@ -190,5 +209,5 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
             if isinstance(ins, ast.Arg):
                 consumed.update(name for name, _ in ins.pairs)
     unused = tuple(sorted(k for k in build_args if k not in consumed and k not in PREDEFINED_ARGS
-                          and k not in PROXY_ARGS))
+                          and k not in PROXY_ARGS and k != "SOURCE_DATE_EPOCH"))  # the build itself uses it
     return BuildPlan(stages=ordered, target=target_index, unused_build_args=unused, total_stages=len(stages))

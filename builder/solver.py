@@ -21,6 +21,7 @@ failure or interruption; sandbox.run() owns its namespaces and mounts.
 from __future__ import annotations
 
 import copy as _copy
+import functools
 import hashlib
 import os
 import re
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 
 from pybuild.builder import copy as copyop
+from pybuild.builder import fetch
+from pybuild.builder import mounts as mountsop
 from pybuild.builder.context import ContextView
 from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.builder.explain import MissExplainer
@@ -42,11 +45,12 @@ from pybuild.builder.keys import step_key
 from pybuild.builder.plan import PROXY_ARGS, StagePlan, check_supported, location, plan, stage_index
 from pybuild.cache.gc import build_lease
 from pybuild.cache.index import CacheRecord
+from pybuild.cache.transfer import CacheExportSpec, CacheImportSpec, CacheSources, export_cache
 from pybuild.cache.layers import LayerBlob, write_layer
 from pybuild.cache.view import LayeredView
 from pybuild.errors import BuildError
 from pybuild.grammar import DockerfileError, ast, expand_word, expand_words, parse
-from pybuild.oci.image import ImageRecord, canonical_json, new_config, write_image
+from pybuild.oci.image import Image, ImageRecord, as_oci_layers, canonical_json, new_config, write_image
 from pybuild.oci.store import ImageNotFound
 from pybuild.progress import Reporter, Step
 from pybuild.sandbox import ProcessSpec, Resources, RootfsSpec, SandboxError, abort_all
@@ -80,6 +84,14 @@ class BuildOptions:
     resources: Resources | None = None       # cgroup limits for every RUN (not part of cache keys)
     allow: frozenset[str] = frozenset()      # entitlements, e.g. "security.insecure"
     compression: str = "gzip"                # layer blobs: gzip, zstd or none (part of cache keys)
+    no_cache_filter: frozenset[str] = frozenset()  # stage names whose steps must miss (lower case)
+    cache_from: tuple[CacheImportSpec, ...] = ()   # --cache-from: records consulted after the local index
+    cache_to: CacheExportSpec | None = None        # --cache-to: where to export this build's records
+    jobs: int = 0                            # steps executing at once (RUN/COPY/ADD misses); 0 = CPU count
+    labels: Mapping[str, str] = field(default_factory=dict)  # --label: set on the final image only
+    secrets: Mapping[str, mountsop.Secret] = field(default_factory=dict)  # --secret id -> bytes (never in keys)
+    ssh: Mapping[str, str] = field(default_factory=dict)     # --ssh id -> agent socket path
+    pull: str = "missing"                    # FROM images: "missing" pulls absent ones, "always", "never"
 
 
 @dataclass
@@ -93,6 +105,11 @@ class StageState:
     args: dict[str, str] = field(default_factory=dict)       # ARGs declared in this stage, with values
     cmd_from_base: bool = True
     rebuilt: bool = False                                      # a step of this stage (or its base) ran
+    keys: list[str] = field(default_factory=list)              # cache keys of its steps, base's first
+    # When the stage's newest content was made: the base image's `created`, then each step's cache
+    # record.  History and the image's `created` use it, so a fully cached rebuild (here, or on
+    # another runner with --cache-from) writes the very same image, as a rebuild should.
+    created: str | None = None
 
 
 class Prepared(NamedTuple):
@@ -120,9 +137,17 @@ class Solver:
         self._number_lock = threading.Lock()
         self.cancelled = threading.Event()
         self._created = _created(options.source_date_epoch)
-        self.context_view = ContextView(options.context, options.ignore, options.ignore_file)
+        self.context_view = ContextView(options.context, options.ignore, options.ignore_file,
+                                        checksums=store.index)
+        self.cache = CacheSources.open(store.index, options.cache_from, warn=reporter.warning)
+        self.used_records: dict[str, CacheRecord] = {}  # every step's record in this build (--cache-to)
+        self.final_keys: list[str] = []                 # the target stage's step keys (--cache-to mode=min)
         self.explainer = MissExplainer(store.root)
         self._trigger_args: set[str] = set()  # ARGs declared by base images' ONBUILD triggers
+        self._pull_lock = threading.Lock()
+        self._pulled: dict[str, str] = {}     # FROM text -> manifest digest pulled by this build
+        # Stage threads are cheap and wait on each other; what --jobs bounds is the work itself.
+        self._executing = threading.BoundedSemaphore(options.jobs or os.cpu_count() or 1)
 
     # -- entry point ------------------------------------------------------------------------------
     def solve(self) -> ImageRecord:
@@ -133,6 +158,7 @@ class Solver:
                 results[sp.stage.index] = pool.submit(self._build_stage, sp, results)
             try:
                 final: StageState = results[build_plan.target].result()
+                self.final_keys = list(final.keys)
                 for f in results.values():
                     f.result()
                 # Warn only now: a base image's ONBUILD triggers may declare ARGs too.
@@ -150,7 +176,9 @@ class Solver:
 
     def _finish_config(self, state: StageState) -> dict:
         cfg = _copy.deepcopy(state.config)
-        cfg["created"] = self._created
+        cfg["created"] = self._content_time(state)
+        if self.opts.labels:  # like buildx --label: the final image only, after the Dockerfile's LABELs
+            cfg["config"]["Labels"] = {**(cfg["config"].get("Labels") or {}), **self.opts.labels}
         return cfg
 
     def _number(self) -> int:
@@ -201,20 +229,58 @@ class Solver:
             cfg["config"]["Env"] = [f"PATH={DEFAULT_PATH}"]
             return StageState(layers=[], config=cfg, key=step_key(None, {"from": "scratch"}),
                               shell=list(DEFAULT_SHELL)), False
-        try:
-            img = self.store.images.image(image)
-        except ImageNotFound:
-            raise BuildError(f"base image {image!r} not found in the local store "
-                             f"(make it with `pybuild import` or `pybuild load`; see `pybuild images`)",
-                             location(sp.stage.base)) from None
+        img = self._base_image(image, sp)
+        img.layers = as_oci_layers(img.layers)  # docker schema2 bases: same blobs, OCI media types
         fresh = [layer for layer in img.layers if not self.store.snapshots.exists(layer.diff_id)]
         self.store.snapshots.lowerdirs(img.layers)
         cfg = new_config(img.config)
-        cfg.pop("created", None)
+        base_created = cfg.pop("created", None)
         cfg["config"].setdefault("Env", [f"PATH={DEFAULT_PATH}"])
         shell = list(cfg["config"].get("Shell") or DEFAULT_SHELL)  # a base image's SHELL applies, as in BuildKit
-        return StageState(layers=list(img.layers), config=cfg,
-                          key=step_key(None, {"from": img.manifest_digest}), shell=shell), bool(fresh)
+        return StageState(layers=list(img.layers), config=cfg, key=step_key(None, {"from": img.manifest_digest}),
+                          shell=shell, created=base_created if isinstance(base_created, str) else None), bool(fresh)
+
+    def _base_image(self, image: str, sp: StagePlan) -> Image:
+        """The FROM image: from the local store (docker's names: `busybox` finds `busybox:latest`,
+        as does `docker.io/library/busybox`), pulled when absent (pull policy "missing"), always
+        refreshed ("always"), or never pulled ("never"). Errors name the FROM line."""
+        from pybuild.oci.reference import InvalidReference, normalize_reference
+
+        try:
+            remote = normalize_reference(image)
+        except InvalidReference:
+            remote = None
+        names = [image] + ([str(remote.local())] if remote is not None else [])
+        if self.opts.pull != "always":
+            for name in names:
+                try:
+                    return self.store.images.image(name)
+                except ImageNotFound:
+                    continue
+            if self.opts.pull == "never" or remote is None:
+                raise BuildError(f"base image {image!r} not found in the local store and --pull=never forbids "
+                                 "pulling it (see `pybuild images`, `pybuild pull`)" if remote is not None else
+                                 f"base image {image!r} not found in the local store", location(sp.stage.base))
+        if remote is None:
+            raise BuildError(f"base image {image!r} is not a valid image reference", location(sp.stage.base))
+        from pybuild.registry.client import RegistryError
+        from pybuild.registry.pull import pull
+
+        with self._pull_lock:  # two stages FROM the same image pull it once
+            if image not in self._pulled:
+                if self.opts.pull != "always":  # another stage may have pulled it meanwhile
+                    try:
+                        return self.store.images.image(str(remote.local()))
+                    except ImageNotFound:
+                        pass
+                try:
+                    result = pull(self.store, remote, progress=self.reporter.info)
+                except (RegistryError, ValueError) as exc:
+                    raise BuildError(f"base image {image!r} not found in the local store, and pulling it failed: {exc}",
+                                     location(sp.stage.base)) from None
+                self._pulled[image] = result.manifest_digest
+            from pybuild.oci.image import load_image
+            return load_image(self.store.content, self._pulled[image])
 
     def _onbuild_triggers(self, state: StageState, sp: StagePlan) -> list[ast.Instruction]:
         """The base's ONBUILD triggers, parsed as instructions that run first; the image does not keep them."""
@@ -361,8 +427,15 @@ class Solver:
         except ValueError as exc:
             raise BuildError(str(exc), location(ins)) from None
 
+    def _content_time(self, state: StageState) -> str:
+        """SOURCE_DATE_EPOCH when given, else when the stage's content was made (never "now" for a
+        cached result); "now" only for a stage with no dated content at all (scratch + metadata)."""
+        if self.opts.source_date_epoch is not None:
+            return self._created
+        return state.created or self._created
+
     def _history(self, state: StageState, ins: ast.Instruction, empty_layer: bool, created_by: str | None = None):
-        entry = {"created": self._created, "created_by": created_by or _one_line(ins.original),
+        entry = {"created": self._content_time(state), "created_by": created_by or _one_line(ins.original),
                  "comment": HISTORY_COMMENT}
         if empty_layer:
             entry["empty_layer"] = True
@@ -392,7 +465,7 @@ class Solver:
                   results: dict[int, Future], cleanup: list[Path]) -> None:
         label = step.label
         if isinstance(ins, ast.Run):
-            prepared = self._prepare_run(ins, state)
+            prepared = self._prepare_run(ins, state, env, sp, results)
         elif isinstance(ins, ast.Workdir):
             prepared = self._prepare_workdir(ins, state, env)
         else:
@@ -401,18 +474,23 @@ class Solver:
         if self.opts.compression != "gzip":  # the recorded layer blob differs, so the key must too
             definition = {**definition, "compression": self.opts.compression}
         key = step_key(state.key, definition)
-        record = None if self.opts.no_cache else self.store.index.get(key)
+        skip_reason = self._cache_skipped(sp)
+        found = None if skip_reason else self.cache.get(key)
+        record = found[0] if found else None
         if record is not None:
+            if found[1] is not None:
+                self.reporter.info(f"#{step.number} cache imported from {found[1]}")
             self.reporter.step_cached(step)
             self.reporter.step_cache_info(step, cached=True, duration_s=time.monotonic() - step.started,
                                           saved_s=record.duration_s,
                                           bytes_reused=record.layer.size if record.layer else 0)
         else:
-            reason = self._miss_reason(state, ins, definition, files)
+            reason = skip_reason or self._miss_reason(state, ins, definition, files)
             self.reporter.step_miss(step, reason)
             self.explainer.remember(state.key, ins.original, definition, files)
             started = time.monotonic()
-            layer = execute(step)
+            with self._executing:
+                layer = execute(step)
             record = CacheRecord(key=key, layer=layer, created=self._created_now(),
                                  duration_s=round(time.monotonic() - started, 3), description=label)
             self.store.index.put(key, record)
@@ -420,9 +498,25 @@ class Solver:
             self.reporter.step_done(step)
             self.reporter.step_cache_info(step, cached=False, reason=reason, duration_s=record.duration_s)
         state.key = key
+        state.keys.append(key)
+        state.created = record.created or state.created
+        self.used_records[key] = record
         if record.layer is not None:
             state.layers.append(record.layer)
         self._history(state, ins, empty_layer=record.layer is None, created_by=created_by)
+
+    def _cache_skipped(self, sp: StagePlan) -> str | None:
+        """Why this stage's steps must not use the cache, if they must not."""
+        if self.opts.no_cache:
+            return "--no-cache"
+        if sp.stage.name and sp.stage.name.lower() in self.opts.no_cache_filter:
+            return f"--no-cache-filter {sp.stage.name}"
+        return None
+
+    def export_records(self, mode: str) -> list[CacheRecord]:
+        """--cache-to: mode=min the final image's steps, mode=max every step of every built stage."""
+        keys = self.final_keys if mode == "min" else list(self.used_records)
+        return [self.used_records[k] for k in dict.fromkeys(keys)]
 
     def _miss_reason(self, state: StageState, ins, definition: dict, files: dict[str, str] | None) -> str:
         if self.opts.no_cache:
@@ -476,8 +570,62 @@ class Solver:
         script = ins.command.text + "\n" + "".join(h.content + h.name + "\n" for h in ins.heredocs)
         return state.shell + [script], None
 
-    def _prepare_run(self, ins: ast.Run, state: StageState):
+    def _run_mounts(self, ins: ast.Run, state: StageState, env: Mapping[str, str], sp: StagePlan,
+                    results: dict[int, Future]):
+        """The RUN's --mount specs (expanded, with defaults), the views binds and cache seeds read,
+        and what of them goes into the cache key (for a bind also its source's content digest)."""
+        specs: list[mountsop.MountSpec] = []
+        sources: dict[int, mountsop.BindSource] = {}
+        keys: list[dict] = []
+        ssh_index = 0
+        for text in ins.mounts:
+            where = mountsop.mount_location(ins, text)
+            try:
+                spec = mountsop.resolve(mountsop.parse_mount(text, lambda w: self._expand(w, env, ins)),
+                                        self._workdir_of(state), ssh_index)
+            except mountsop.MountSpecError as exc:
+                raise BuildError(f"RUN --mount={text}: {exc}", where) from None
+            ssh_index += spec.type == "ssh"
+            key = spec.key_definition()
+            if spec.type == "secret" and spec.required and spec.id not in self.opts.secrets:
+                raise BuildError(f"RUN --mount=type=secret: secret {spec.id!r} is required but was not given "
+                                 f"(--secret id={spec.id},src=FILE)", where)
+            if spec.type == "ssh" and spec.required and spec.id not in self.opts.ssh:
+                raise BuildError(f"RUN --mount=type=ssh: ssh agent {spec.id!r} is required but was not given "
+                                 f"(--ssh {spec.id})", where)
+            if spec.type == "bind" or (spec.type == "cache" and spec.from_):
+                if spec.from_:
+                    view, src_key, what = self._mount_from(spec.from_, sp, results, where)
+                else:
+                    view, src_key, what = self.context_view, "context", "build context"
+                key["from"] = src_key
+                if spec.type == "bind":
+                    try:
+                        matched = copyop.match_sources(view, [spec.source], what)
+                        key["content"] = copyop.content_digest(copyop.content_manifest(view, matched))
+                    except (copyop.CopyError, OSError) as exc:
+                        raise BuildError(f"RUN --mount={text}: {exc}", where) from None
+                sources[len(specs)] = mountsop.BindSource(view, spec.source)
+            specs.append(spec)
+            keys.append(key)
+        return specs, sources, keys
+
+    def _mount_from(self, name: str, sp: StagePlan, results: dict[int, Future], where: str):
+        idx = stage_index(name, self.opts.dockerfile.stages, sp.stage.index)
+        if idx is not None and idx in results:  # plan() made it a dependency (ONBUILD triggers: not)
+            other: StageState = results[idx].result()
+            return LayeredView(self.store.snapshots.lowerdirs(other.layers)), other.key, f"stage {name!r}"
+        try:
+            img = self.store.images.image(name)
+        except ImageNotFound:
+            raise BuildError(f"RUN --mount from={name}: no stage or local image of that name", where) from None
+        return LayeredView(self.store.snapshots.lowerdirs(img.layers)), img.manifest_digest, f"image {name!r}"
+
+    def _prepare_run(self, ins: ast.Run, state: StageState, expansion_env: Mapping[str, str] | None = None,
+                     sp: StagePlan | None = None, results: dict[int, Future] | None = None):
         args, stdin_data = self._run_command(ins, state)
+        mount_specs, mount_sources, mount_keys = (
+            self._run_mounts(ins, state, expansion_env or {}, sp, results or {}) if ins.mounts else ([], {}, []))
         env = self._run_env(state)
         user = state.config["config"].get("User") or None
         cwd = self._workdir_of(state)
@@ -487,6 +635,8 @@ class Solver:
                       "user": user, "cwd": cwd, "network": network}
         if privileged:
             definition["security"] = "insecure"
+        if mount_keys:
+            definition["mounts"] = mount_keys
         # Proxy settings reach the step without an ARG line but stay out of the key, as in BuildKit:
         # a different proxy does not make a different result.
         proxies = {k: v for k, v in self.opts.build_args.items() if k in PROXY_ARGS and k not in env}
@@ -501,12 +651,20 @@ class Solver:
                 upper, overlay_work = work / "upper", work / "work"
                 upper.mkdir()
                 overlay_work.mkdir()
-                spec = ProcessSpec(args=args, env=run_env, cwd=cwd, user=user, network=network,
-                                   privileged=privileged, resources=self.opts.resources,
-                                   hostname=_short_id(definition))
-                log_path = self.store.root / "logs" / f"{_short_id(definition)}.log"
-                status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work), stdin_data,
-                                                   location(ins), log_path)
+                (work / "mounts").mkdir()
+                try:
+                    step_mounts = mountsop.prepare_mounts(
+                        mount_specs, work_dir=work / "mounts", cache=mountsop.CacheMounts(self.store.root),
+                        sources=mount_sources, secrets=self.opts.secrets, ssh=self.opts.ssh)
+                except (OSError, mountsop.MountSpecError) as exc:
+                    raise BuildError(f"RUN --mount: {exc}", location(ins)) from None
+                with step_mounts:  # secrets, locks, agent proxies: released when the step ends
+                    spec = ProcessSpec(args=args, env={**run_env, **step_mounts.env}, cwd=cwd, user=user,
+                                       network=network, privileged=privileged, resources=self.opts.resources,
+                                       hostname=_short_id(definition), mounts=step_mounts.mounts)
+                    log_path = self.store.root / "logs" / f"{_short_id(definition)}.log"
+                    status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work),
+                                                       stdin_data, location(ins), log_path)
                 if status.oom_killed and status.code != 0:
                     limit = self.opts.resources.memory if self.opts.resources else None
                     raise StepFailed(f"RUN {_one_line(ins.original)[4:]} killed: out of memory"
@@ -563,10 +721,13 @@ class Solver:
             return self._prepare_copy_heredocs(ins, state, env, cleanup)
         sources = [w for word in ins.sources for w in self._expand_list(word, env, ins)]
         is_add = isinstance(ins, ast.Add)
-        remote = [s for s in sources if "://" in s or s.startswith("git@")]
-        if is_add and remote:
-            raise BuildError(f"ADD {remote[0]}: URL and git sources are not supported by pybuild yet; "
-                             "download the file into the build context or in a RUN step", location(ins))
+        remote = [s for s in sources if fetch.is_http_source(s) or fetch.is_git_source(s)] if is_add else []
+        if not is_add and any(fetch.is_http_source(s) for s in sources):
+            raise BuildError("COPY cannot take a URL as a source (as in BuildKit); use ADD",
+                             f"{location(ins)}:{ins.span.start_col}")
+        if is_add and ins.has_flag("checksum") and (len(sources) != 1 or not remote):
+            raise BuildError("ADD --checksum needs exactly one source, a URL or a git repository (as in BuildKit, "
+                             "local files are not checked)", f"{location(ins)}:{ins.span.start_col}")
         dest = self._expand(ins.dest, env, ins)
         if not dest.startswith("/"):
             wd = self._workdir_of(state)
@@ -576,7 +737,63 @@ class Solver:
             src_view, src_key, what = self._copy_source(ins, sp, results)
         else:
             src_view, src_key = self.context_view, "context"
-        return self._copy_step(ins, state, env, src_view, src_key, what, sources, dest)
+        staged = self._stage_remote(ins, env, remote, cleanup) if remote else None
+        return self._copy_step(ins, state, env, src_view, src_key, what, sources, dest, staged)
+
+    def _stage_remote(self, ins, env, remote: list[str], cleanup: list[Path]) -> dict[str, tuple]:
+        """ADD's URL and git sources, fetched into a work dir this step removes:
+        source -> (copy.Source, what the key names: the download's digest or the commit)."""
+        where = f"{location(ins)}:{ins.span.start_col}"
+        checksum = self._expand(ins.flag("checksum"), env, ins) if ins.flag("checksum") else None
+        work = self.store.snapshots.new_work_dir()
+        cleanup.append(work)
+        staged: dict[str, tuple] = {}
+        for i, src in enumerate(remote):
+            into = work / f"source-{i}"
+            into.mkdir()
+            try:
+                if fetch.is_git_source(src):
+                    ref = fetch.parse_git_ref(src)
+                    keep = _bool_flag(ins, "keep-git-dir", False, where)
+                    commit = fetch.resolve_commit(ref)
+                    if commit is None:  # an abbreviated commit: only a fetch resolves it
+                        commit = fetch.checkout(ref, into, keep_git_dir=keep, checksum=checksum)
+                        view = LayeredView([into / "tree"])
+                        staged[src] = (copyop.Source(src, "/", view.lookup("/"), view=view, extract=False), commit)
+                    else:  # the commit is the key, as for BuildKit: clone only if the step must run
+                        if checksum is not None and not commit.startswith(checksum):
+                            raise fetch.FetchError(f"checksum mismatch: expected commit {checksum}, "
+                                                   f"{ref.ref or 'HEAD'} is {commit}")
+                        staged[src] = (functools.partial(self._checkout, src, ref, into, keep, checksum, commit,
+                                                         where), commit)
+                elif checksum is not None:  # the checksum is the key: download only if the step must run
+                    fetch.check_checksum_syntax(checksum)
+                    staged[src] = (functools.partial(self._download, ins, src, into, checksum, where), checksum)
+                else:  # BuildKit too fetches the URL on every build and keys the step by what it got
+                    got = self._download(ins, src, into, None, where)
+                    staged[src] = (got, "sha256:" + copyop.file_sha256(got.entry))
+            except fetch.FetchError as exc:
+                raise BuildError(f"ADD {src} failed: {exc}", where) from None
+        return staged
+
+    def _checkout(self, src: str, ref, into: Path, keep: bool, checksum: str | None, expect: str | None,
+                  where: str) -> copyop.Source:
+        try:
+            fetch.checkout(ref, into, keep_git_dir=keep, checksum=checksum, expect=expect)
+        except fetch.FetchError as exc:
+            raise BuildError(f"ADD {src} failed: {exc}", where) from None
+        view = LayeredView([into / "tree"])
+        return copyop.Source(src, "/", view.lookup("/"), view=view, extract=False)
+
+    def _download(self, ins, src: str, into: Path, checksum: str | None, where: str) -> copyop.Source:
+        name = fetch.url_filename(src)
+        try:
+            fetch.download(src, into, filename=name, checksum=checksum)
+        except fetch.FetchError as exc:
+            raise BuildError(f"ADD {src} failed: {exc}", where) from None
+        view = LayeredView([into])
+        return copyop.Source(src, name, view.lookup("/" + name), view=view,
+                             extract=_bool_flag(ins, "unpack", False, where))
 
     def _prepare_copy_heredocs(self, ins, state: StageState, env, cleanup: list[Path]):
         """`COPY <<EOF /dest`: each heredoc becomes a file named after its delimiter, as in BuildKit.
@@ -606,25 +823,52 @@ class Solver:
                                [h.name for h in ins.heredocs], dest)
 
     def _copy_step(self, ins, state: StageState, env, src_view: LayeredView, src_key: str, what: str,
-                   sources: list[str], dest: str):
+                   sources: list[str], dest: str, staged: dict[str, tuple] | None = None):
         is_add = isinstance(ins, ast.Add)
+        where = f"{location(ins)}:{ins.span.start_col}"
+        parents = _bool_flag(ins, "parents", False, where) if isinstance(ins, ast.Copy) else False
+        excludes = [self._expand(p, env, ins) for p in ins.excludes]
         try:
-            matched = copyop.match_sources(src_view, sources, what)
-            manifest = copyop.content_manifest(src_view, matched)
+            exclude = copyop.exclude_matcher(excludes)
+        except ValueError as exc:
+            raise BuildError(f"{ins.keyword} --exclude: {exc}", where) from None
+        staged = staged or {}
+        try:
+            # Per source, in the written order: its matches, or (remote, keyed by checksum or commit)
+            # the function that fetches it, called only if the step must run.
+            picked = [staged[s][0] if s in staged and callable(staged[s][0]) else
+                      [staged[s][0]] if s in staged else copyop.match_sources(src_view, [s], what, parents=parents)
+                      for s in sources]
+            matched = [m for p in picked if not callable(p) for m in p]
+            manifest = copyop.content_manifest(src_view, matched, exclude)
+            manifest += [(s, s, staged[s][1]) for s, p in zip(sources, picked) if callable(p)]
         except (copyop.CopyError, OSError) as exc:
             raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
         owner = self._owner(ins.chown, state, env, ins) if ins.chown else (0, 0)
         chmod = self._chmod(ins.chmod, ins) if ins.chmod else None
         definition = {"op": "ADD" if is_add else "COPY", "from": src_key, "sources": sources,
                       "content": copyop.content_digest(manifest), "dest": dest, "owner": list(owner), "chmod": chmod}
+        # Only present when used, so keys of steps without these flags stay what they were.
+        if parents:
+            definition["parents"] = True
+        if excludes:
+            definition["exclude"] = excludes
+        if staged:
+            definition["remote"] = {s: fetched for s, (_, fetched) in staged.items()}
+        if is_add and ins.has_flag("unpack"):
+            definition["unpack"] = _bool_flag(ins, "unpack", True, where)
+        if staged and ins.has_flag("keep-git-dir"):  # a deferred clone's key is only its commit
+            definition["keep_git_dir"] = _bool_flag(ins, "keep-git-dir", False, where)
         files = {path: digest for _, path, digest in manifest}
 
         def execute(step: Step) -> LayerBlob:
             image = LayeredView(self.store.snapshots.lowerdirs(state.layers))
+            now = [m for p in picked for m in ([p()] if callable(p) else p)]
             try:
                 return self._layer_from(lambda d: copyop.copy_to_layer(
-                    src_view, matched, dest, image=image, layer_dir=d, owner=owner, chmod=chmod,
-                    extract_archives=is_add))
+                    src_view, now, dest, image=image, layer_dir=d, owner=owner, chmod=chmod,
+                    extract_archives=is_add and _bool_flag(ins, "unpack", True, where), exclude=exclude,
+                    parents=parents))
             except (copyop.CopyError, OSError) as exc:
                 raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
 
@@ -685,6 +929,18 @@ class Solver:
             return layer
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _bool_flag(ins, name: str, default: bool, where: str) -> bool:
+    """A `--name[=true|false]` flag as BuildKit reads it (bare means true)."""
+    if not ins.has_flag(name):
+        return default
+    value = ins.flag(name)
+    if value is None or value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise BuildError(f"{ins.keyword} --{name}={value}: expected true or false", where)
 
 
 def _short_id(definition: dict) -> str:
@@ -760,7 +1016,15 @@ def build(store: Store, reporter: Reporter, options: BuildOptions) -> ImageRecor
     or snapshots this build reads or has written but not yet tagged.
     """
     with build_lease(store.root):
-        record = Solver(store, reporter, options).solve()
+        solver = Solver(store, reporter, options)
+        try:
+            record = solver.solve()
+        finally:
+            solver.context_view.save_checksums()
+        if options.cache_to is not None:  # before tagging: a failed export fails the build
+            result = export_cache(store.content, solver.export_records(options.cache_to.mode), options.cache_to.dest)
+            reporter.info(f"exported {result.records} cache records and {result.layers} layers to "
+                          f"local:{options.cache_to.dest} (mode={options.cache_to.mode})")
         for tag in options.tags:
             store.images.tag(tag, record.manifest)
     return record

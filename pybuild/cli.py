@@ -8,7 +8,6 @@ container's status, or 125 when pybuild itself fails (as docker does).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ from pybuild.errors import PybuildError, UsageError
 from pybuild.commands import discover as _discover_commands
 
 PLUGINS = {mod.NAME: mod for mod in _discover_commands()}
-COMMANDS = ("build", "images", "import", "load", "save", "run", "help", *PLUGINS)
+COMMANDS = ("build", "images", "import", "load", "save", "help", *PLUGINS)  # run: commands/run.py
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,20 +40,31 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build an image from a Dockerfile",
                        description="Build an image from a Dockerfile. Example: pybuild build -t app:1.0 .")
-    b.add_argument("context", help="build context directory")
-    b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile)")
+    b.add_argument("context", help="build context directory, or - for a context tar (or a lone Dockerfile) on stdin")
+    b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile; - reads it from stdin)")
     b.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
     b.add_argument("--build-arg", action="append", default=[], metavar="K=V",
                    help="set a build argument (K alone takes its value from the environment)")
     b.add_argument("--target", help="build this stage and what it needs, not the last one")
+    b.add_argument("--label", action="append", default=[], metavar="K=V", help="set a label on the image (repeatable)")
+    b.add_argument("--platform", metavar="OS/ARCH", help="target platform; only this host's (linux/amd64) can be built")
+    b.add_argument("-j", "--jobs", type=_positive_int, default=0, metavar="N",
+                   help="steps executing at once (default: the number of CPUs)")
     b.add_argument("--no-cache", action="store_true", help="run every step, ignoring the cache")
+    b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
+                   help="run the steps of these stages, ignoring the cache (repeatable or comma-separated)")
+    b.add_argument("--cache-from", action="append", default=[], metavar="type=local,src=DIR",
+                   help="also take cached steps from a directory written by --cache-to (repeatable)")
+    b.add_argument("--cache-to", metavar="type=local,dest=DIR[,mode=min|max]",
+                   help="export this build's cache records and layers to DIR (an OCI layout); mode=min "
+                        "(default) the final image's steps, mode=max every step of every built stage")
     b.add_argument("--network", choices=("none", "host"), default="none",
                    help="network for RUN steps (default none)")
     b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     b.add_argument("--allow", action="append", default=[], choices=("security.insecure",),
                    help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
     _add_resource_flags(b, "each RUN step")
-    b.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default="auto",
+    b.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default=None,
                    help="progress output: auto (tty on a terminal, plain otherwise; $PYBUILD_PROGRESS), "
                         "tty, plain, rawjson (one JSON event per line)")
     b.add_argument("--cache-report", choices=("text", "json"), default=None,
@@ -65,10 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", metavar="SPEC",
                    help="also write the result: type=oci|docker,dest=FILE[,name=REF] (archives), "
                         "type=tar,dest=FILE (flattened filesystem), type=local,dest=DIR; a bare PATH means "
-                        "type=local,dest=PATH; type=image (the default) only stores and tags it")
+                        "type=local,dest=PATH; type=image (the default) only stores and tags it "
+                        "(name=REF[,push=true] also names and pushes it); type=registry,name=REF pushes it")
+    b.add_argument("--pull", dest="pull", action="store_const", const="always", default="missing",
+                   help="--pull: refresh FROM images from their registry; --pull=missing (default) pulls only "
+                        "those not in the local store; --pull=never never pulls")
+    b.add_argument("--pull-policy", dest="pull", help=argparse.SUPPRESS)  # `--pull=X`, see _pull_policy_flags
+    b.add_argument("--push", action="store_true", help="push every -t name to its registry after the build")
     b.add_argument("--iidfile", metavar="FILE", help="write the image id (config digest) to FILE")
     b.add_argument("--metadata-file", metavar="FILE",
                    help="write JSON with the image's manifest and config digests to FILE")
+    b.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]",
+                   help="a secret for RUN --mount=type=secret (also type=file|env,src=...); never stored")
+    b.add_argument("--ssh", action="append", default=[], metavar="ID[=SOCKET|KEY[,KEY...]]",
+                   help="an ssh agent for RUN --mount=type=ssh: `default` is $SSH_AUTH_SOCK; key files "
+                        "get a private ssh-agent for the build")
 
     i = sub.add_parser("images", help="list images in the local store")
     i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
@@ -90,18 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("oci", "docker"), default="oci",
                    help="oci (image layout, default) or docker (docker save / docker load format)")
     s.add_argument("images", nargs="+", help="NAME[:TAG]")
-
-    r = sub.add_parser("run", help="run a command in a new container from an image",
-                       description="Example: pybuild run hello:1.0 sh -c 'echo hi'")
-    r.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
-    r.add_argument("-w", "--workdir", help="working directory inside the container")
-    r.add_argument("-u", "--user", help="user (name, uid, uid:gid)")
-    r.add_argument("--entrypoint", help="override the image's entrypoint")
-    r.add_argument("--network", choices=("none", "host"), default="none", help="network (default none)")
-    r.add_argument("--hostname", default=None, help="container host name")
-    _add_resource_flags(r, "the container")
-    r.add_argument("image")
-    r.add_argument("cmd", nargs=argparse.REMAINDER)
 
     for mod in PLUGINS.values():
         mod.add_parser(sub)
@@ -175,6 +184,8 @@ def _normalise_argv(argv: list[str]) -> list[str]:
         if a in COMMANDS:
             return argv
         if not a.startswith("-") and not os.path.exists(a):
+            import difflib  # only for this message: keeps it out of every command's start-up
+
             near = difflib.get_close_matches(a, COMMANDS, n=1, cutoff=0.6)
             if near:
                 raise UsageError(f"unknown command {a!r} (did you mean {near[0]}?)")
@@ -182,8 +193,19 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _pull_policy_flags(argv: list[str]) -> list[str]:
+    """`--pull=never` -> `--pull-policy=never` (argparse cannot have `--pull` both bare and with a
+    value without swallowing the next word); stops at `run` and `--`, whose words are a command's."""
+    out = []
+    for i, a in enumerate(argv):
+        if a in ("run", "--"):
+            return out + argv[i:]
+        out.append("--pull-policy=" + a[len("--pull="):] if a.startswith("--pull=") else a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _pull_policy_flags(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     try:
         args = parser.parse_args(_normalise_argv(argv))
@@ -193,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         builtin = {"build": cmd_build, "images": cmd_images, "import": cmd_import, "load": cmd_load,
-                   "save": cmd_save, "run": cmd_run}
+                   "save": cmd_save}
         if args.command in builtin:
             handler = builtin[args.command]
         else:
@@ -249,20 +271,130 @@ def _build_args(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _secrets(items: list[str]) -> dict:
+    """--secret values, read now: id -> mounts.Secret (whose repr never shows the bytes)."""
+    from pybuild.builder.mounts import MountSpecError, load_secret, parse_secret_flag
+
+    out = {}
+    for item in items:
+        try:
+            source = parse_secret_flag(item, os.environ)
+            out[source.id] = load_secret(source, os.environ)
+        except MountSpecError as exc:
+            raise UsageError(f"--secret {item}: {exc}") from None
+    return out
+
+
+def _ssh_sources(items: list[str], agents) -> dict[str, str]:
+    """--ssh values: id -> agent socket; key files are loaded into a private agent of `agents`."""
+    from pybuild.builder.mounts import MountSpecError, parse_ssh_flag
+
+    for item in items:
+        try:
+            ssh_id, paths = parse_ssh_flag(item, os.environ)
+            agents.add(ssh_id, paths)
+        except MountSpecError as exc:
+            raise UsageError(f"--ssh {item}: {exc}" if not str(exc).startswith("--ssh") else str(exc)) from None
+    return dict(agents.sockets)
+
+
 def cmd_build(args) -> int:
+    _check_platform(args.platform)
+    labels = _labels(args.label)
+    if args.context == "-" and args.file == "-":
+        raise UsageError("-f - and a context of - cannot both read stdin")
+    with tempfile.TemporaryDirectory(prefix="pybuild-context-") as stdin_dir:
+        stdin_dockerfile = None
+        if args.context == "-":
+            args.context, stdin_dockerfile = _context_from_stdin(Path(stdin_dir))
+            if stdin_dockerfile is not None and not args.file:
+                args.file = "-"
+        return _build(args, labels, stdin_dockerfile)
+
+
+def _check_platform(platform: str | None) -> None:
+    """Builds run natively: linux/amd64 (with an optional variant) or nothing else."""
+    if platform is None:
+        return
+    parts = platform.lower().split("/")
+    if parts[:2] != ["linux", "amd64"] or len(parts) > 3:
+        raise UsageError(f"--platform {platform}: only linux/amd64 can be built on this host "
+                         "(no emulation is set up)")
+
+
+def _config_jobs() -> int:
+    from pybuild.config import settings
+
+    return settings().jobs or 0
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def _progress_mode(flag: str | None) -> str:
+    """--progress, else $PYBUILD_PROGRESS (read by make_reporter for auto), else the config file."""
+    from pybuild.config import settings
+
+    if flag is not None:
+        return flag
+    if os.environ.get("PYBUILD_PROGRESS") or settings().progress is None:
+        return "auto"
+    return settings().progress
+
+
+def _context_from_stdin(dest: Path) -> tuple[str, bytes | None]:
+    """`pybuild build -`: stdin is a context tar (plain or compressed), or just a Dockerfile.
+
+    A tar is unpacked with tarsafe (members escaping the directory, device files and links
+    pointing out are refused).  Otherwise stdin is the Dockerfile and the context is empty,
+    as `docker build - < Dockerfile` does.  Returns the context dir and, when stdin held only
+    a Dockerfile, its bytes.
+    """
+    import tarfile
+
+    import tarsafe
+
+    spooled = dest / "stdin"
+    with open(spooled, "wb") as f:
+        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+    context = dest / "context"
+    context.mkdir()
+    if tarfile.is_tarfile(spooled):
+        try:
+            with tarsafe.open(spooled, "r:*") as tar:
+                tar.extractall(context)
+        except (tarfile.TarError, tarsafe.TarSafeException, OSError) as exc:
+            raise UsageError(f"build context from stdin: not a usable tar: {exc}") from None
+        return str(context), None
+    return str(context), spooled.read_bytes()
+
+
+def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None) -> int:
+    from pybuild.builder.mounts import SshAgents
     from pybuild.builder.solver import BuildOptions, StepFailed, build
     from pybuild.grammar import DockerfileError, parse
     from pybuild.oci.reference import InvalidReference, parse_reference
-    from pybuild.progress import make_reporter
+    from pybuild.progress import dockerfile_excerpt, make_reporter
 
     context = Path(args.context)
     if not context.is_dir():
         raise UsageError(f"build context {args.context!r} is not a directory")
-    dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
-    try:
-        data = dockerfile_path.read_bytes()
-    except OSError as exc:
-        raise PybuildError(f"cannot read Dockerfile {dockerfile_path}: {exc.strerror}") from None
+    if args.file == "-":
+        data = sys.stdin.buffer.read() if stdin_dockerfile is None else stdin_dockerfile
+        dockerfile_path = context / "Dockerfile"  # for the .dockerignore lookup
+    else:
+        dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
+        try:
+            data = dockerfile_path.read_bytes()
+        except OSError as exc:
+            raise PybuildError(f"cannot read Dockerfile {dockerfile_path}: {exc.strerror}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -274,35 +406,50 @@ def cmd_build(args) -> int:
         except InvalidReference as exc:
             raise UsageError(f"-t {tag}: {exc}") from None
     try:
-        dockerfile = parse(text, str(dockerfile_path))
+        dockerfile_name = "Dockerfile" if args.file == "-" else str(dockerfile_path)  # buildx's name for stdin
+        dockerfile = parse(text, dockerfile_name)
     except DockerfileError as exc:
         print(str(exc), file=sys.stderr)
         return 1
     output = _output_spec(args.output, args.tag) if args.output else None
+    if args.pull not in ("always", "missing", "never"):
+        raise UsageError(f"--pull={args.pull}: expected --pull, --pull=always, --pull=missing or --pull=never")
+    if args.push and not args.tag:
+        raise UsageError("--push needs at least one -t NAME to push to")
     ignore, ignore_file = _dockerignore(context, dockerfile_path)
-    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    # As for BuildKit, SOURCE_DATE_EPOCH comes from --build-arg, else from the environment.
+    sde = _build_args(args.build_arg).get("SOURCE_DATE_EPOCH", os.environ.get("SOURCE_DATE_EPOCH"))
+    if sde is not None and sde != "" and not sde.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={sde!r}: expected a whole number of seconds since 1970")
     options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag, ignore=ignore,
                            ignore_file=ignore_file,
                            build_args=_build_args(args.build_arg), target=args.target,
                            no_cache=args.no_cache, network=args.network, resources=_resources(args),
                            allow=frozenset(args.allow), compression=args.compression,
+                           jobs=args.jobs or _config_jobs(), labels=labels, **_cache_options(args, dockerfile),
+                           secrets=_secrets(args.secret), pull=args.pull,
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
     store = _store(args)
     store.clean_stale()
-    reporter = make_reporter(args.progress, sys.stderr, quiet=args.quiet)
+    reporter = make_reporter(_progress_mode(args.progress), sys.stderr, quiet=args.quiet)
     try:
-        with reporter:  # close() ends a live display before anything else is printed
+        with reporter, SshAgents() as agents:  # close() ends a live display; agents are killed after
+            options.ssh = _ssh_sources(args.ssh, agents)
             record = build(store, reporter, options)
     except StepFailed as exc:
         _print_cache_report(args, reporter)
-        print(f"ERROR: {exc}", file=sys.stderr)
-        if exc.log_path:
-            print(f"full output of the step: {exc.log_path}", file=sys.stderr)
+        reporter.build_error(str(exc), str(exc.log_path) if exc.log_path else None,
+                             dockerfile_excerpt(text, dockerfile_name, exc.location))
         return 1
+    except PybuildError as exc:  # e.g. a COPY source that is not there: same channel as a failed RUN
+        reporter.build_error(str(exc), None, dockerfile_excerpt(text, dockerfile_name, getattr(exc, "location", None)))
+        return exc.exit_code
     _print_cache_report(args, reporter)
     image_id = _image_id(store, record.manifest.digest)
     if output is not None:
         _write_output(store, record.manifest.digest, output)
+    if args.push:
+        _push(store, record.manifest.digest, args.tag)
     if args.iidfile:
         write_atomic(args.iidfile, image_id.encode())
     if args.metadata_file:
@@ -312,13 +459,29 @@ def cmd_build(args) -> int:
     if args.quiet:
         print(image_id)
     else:
-        print(f"writing image {image_id} done", file=sys.stderr)
-        for tag in args.tag:
-            print(f"naming to {tag} done", file=sys.stderr)
+        reporter.build_written(image_id, record.manifest.digest, args.tag)
     return 0
 
 
-OUTPUT_TYPES = ("image", "oci", "docker", "tar", "local")
+def _cache_options(args, dockerfile) -> dict:
+    """--no-cache-filter, --cache-from and --cache-to as BuildOptions fields (UsageError if bad)."""
+    from pybuild.cache.transfer import parse_cache_from, parse_cache_to
+
+    stages = {s.name.lower(): s.name for s in dockerfile.stages if s.name}
+    names = [n.strip().lower() for item in args.no_cache_filter for n in item.split(",") if n.strip()]
+    for name in names:
+        if name not in stages:
+            raise UsageError(f"--no-cache-filter {name}: no stage of that name in the Dockerfile "
+                             f"(stages: {', '.join(stages.values()) or 'none named'})")
+    try:
+        return {"no_cache_filter": frozenset(names),
+                "cache_from": tuple(parse_cache_from(text) for text in args.cache_from),
+                "cache_to": parse_cache_to(args.cache_to) if args.cache_to else None}
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+OUTPUT_TYPES = ("image", "oci", "docker", "tar", "local", "registry")
 
 
 def _output_spec(text: str, tags: list[str]) -> dict:
@@ -337,10 +500,14 @@ def _output_spec(text: str, tags: list[str]) -> dict:
     kind = spec.setdefault("type", "image")
     if kind not in OUTPUT_TYPES:
         raise UsageError(f"--output {text}: unknown type {kind!r} (one of {', '.join(OUTPUT_TYPES)})")
-    unknown = set(spec) - {"type", "dest", "name"}
+    unknown = set(spec) - {"type", "dest", "name", "push"}
     if unknown:
         raise UsageError(f"--output {text}: unknown key {sorted(unknown)[0]!r}")
-    if kind != "image" and "dest" not in spec:
+    if kind in ("image", "registry"):
+        return _image_output_spec(text, spec, tags)
+    if "push" in spec:
+        raise UsageError(f"--output {text}: push= applies to type=image or type=registry")
+    if "dest" not in spec:
         raise UsageError(f"--output {text}: type={kind} needs dest=")
     if kind in ("oci", "docker"):
         name = spec.get("name") or (tags[0] if tags else None)
@@ -355,6 +522,39 @@ def _output_spec(text: str, tags: list[str]) -> dict:
     return spec
 
 
+def _image_output_spec(text: str, spec: dict, tags: list[str]) -> dict:
+    """type=image[,name=REF[,push=true]] and type=registry,name=REF (push implied), as buildx."""
+    from pybuild.oci.reference import InvalidReference, normalize_reference
+
+    push = spec.get("push", "true" if spec["type"] == "registry" else "false").lower()
+    if push not in ("true", "false"):
+        raise UsageError(f"--output {text}: push= must be true or false")
+    if "dest" in spec:
+        raise UsageError(f"--output {text}: type={spec['type']} takes name=, not dest=")
+    names = [n for n in spec.get("name", "").split(";") if n] or list(tags)
+    if spec["type"] == "registry" and not names:
+        raise UsageError(f"--output {text}: type=registry needs name=REF (or -t)")
+    for name in names:
+        try:
+            normalize_reference(name)
+        except InvalidReference as exc:
+            raise UsageError(f"--output {text}: {exc}") from None
+    spec["names"] = names
+    spec["push"] = push == "true"
+    return spec
+
+
+def _push(store, manifest_digest: str, names: list[str]) -> None:
+    """Push the built image under each name (a registry reference); the local tags are not needed."""
+    from pybuild.registry.push import push
+
+    for name in names:
+        result = push(store, manifest_digest, name)
+        s = result.stats
+        print(f"pushed {result.reference}: digest: {result.digest} ({s.uploaded} blobs uploaded, "
+              f"{s.skipped} already there, {s.mounted} mounted)", file=sys.stderr)
+
+
 def _write_output(store, manifest_digest: str, spec: dict) -> None:
     from pybuild.cache.gc import build_lease
     from pybuild.cache.layers import unpack_tar_stream
@@ -363,7 +563,15 @@ def _write_output(store, manifest_digest: str, spec: dict) -> None:
     from pybuild.oci.docker_archive import save_docker_archive
 
     kind, dest = spec["type"], spec.get("dest")
-    if kind == "oci":
+    if kind in ("image", "registry"):
+        from pybuild.cache.content import BlobInfo
+
+        if kind == "image":
+            for name in spec["names"]:
+                store.images.tag(name, BlobInfo(manifest_digest, store.content.size(manifest_digest)))
+        if spec["push"]:
+            _push(store, manifest_digest, spec["names"])
+    elif kind == "oci":
         with build_lease(store.root):
             save_oci_archive(store.content, [(spec["ref"], manifest_digest)], Path(dest))
     elif kind == "docker":
@@ -419,7 +627,7 @@ def cmd_images(args) -> int:
     for ref, manifest_digest in store.images.list():
         img = store.images.image(str(ref))
         size = sum(layer.size for layer in img.layers)
-        row = [ref.name, ref.tag, img.id.split(":", 1)[1][:12], ago(img.config.get("created")), human_size(size)]
+        row = [ref.name, ref.tag or "<none>", img.id.split(":", 1)[1][:12], ago(img.config.get("created")), human_size(size)]
         if args.digests:
             row.insert(2, manifest_digest)
         rows.append(tuple(row))
@@ -534,62 +742,6 @@ def cmd_save(args) -> int:
     with build_lease(store.root):
         save(store.content, images, out)
     return 0
-
-
-# -- run --------------------------------------------------------------------------------------------
-def cmd_run(args) -> int:
-    from pybuild.cache.gc import build_lease
-    from pybuild.oci.store import ImageNotFound
-
-    store = _store(args)
-    try:
-        img = store.images.image(args.image)
-    except ImageNotFound as exc:
-        raise PybuildError(str(exc).strip('"')) from None
-    c = img.config.get("config") or {}
-    entrypoint = [args.entrypoint] if args.entrypoint else list(c.get("Entrypoint") or [])
-    cmd = list(args.cmd) if args.cmd else ([] if args.entrypoint else list(c.get("Cmd") or []))
-    argv = entrypoint + cmd
-    if not argv:
-        raise PybuildError(f"{args.image}: no command given and the image has no CMD or ENTRYPOINT")
-    env: dict[str, str] = {}
-    for item in c.get("Env") or []:
-        k, _, v = item.partition("=")
-        env[k] = v
-    for item in args.env:
-        if "=" in item:
-            k, _, v = item.partition("=")
-            env[k] = v
-        elif item in os.environ:
-            env[item] = os.environ[item]
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    store.clean_stale()
-    with build_lease(store.root):  # the image's snapshots are lowerdirs while the container lives
-        return _run_container(args, store, img, argv, env, c)
-
-
-def _run_container(args, store, img, argv, env, c) -> int:
-    from pybuild.sandbox.runner import ProcessSpec, RootfsSpec, SandboxError, run
-
-    lowers = store.snapshots.lowerdirs(img.layers)
-    work = store.snapshots.new_work_dir()
-    try:
-        (work / "upper").mkdir()
-        (work / "work").mkdir()
-        spec = ProcessSpec(args=argv, env=env, cwd=args.workdir or c.get("WorkingDir") or "/",
-                           user=args.user or c.get("User") or None,
-                           hostname=args.hostname or img.id.split(":", 1)[1][:12], network=args.network,
-                           resources=_resources(args))
-        try:
-            status = run(spec, RootfsSpec(lowers, work / "upper", work / "work"))
-        except SandboxError as exc:
-            raise PybuildError(str(exc)) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if status.oom_killed:
-        print(f"pybuild: container killed: out of memory, limit {args.memory / (1 << 20):g} MiB"
-              if args.memory else "pybuild: container killed: out of memory", file=sys.stderr)
-    return status.code
 
 
 if __name__ == "__main__":

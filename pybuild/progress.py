@@ -288,6 +288,33 @@ def cache_report_json(summary: BuildSummary) -> dict:
     return {"version": 1, "summary": totals, "steps": steps}
 
 
+# ---------------------------------------------------------------- failure excerpt
+
+def dockerfile_excerpt(text: str, name: str, location: str | None, context: int = 2) -> str | None:
+    """BuildKit's failure excerpt: the lines around ``location`` ("NAME:LINE[:COL]") of the
+    Dockerfile ``text``, the failing line marked ``>>>``.  None when the location is elsewhere
+    (e.g. a base image's ONBUILD trigger).  Pure."""
+    if not location:
+        return None
+    parts = location.split(":")
+    nums = [p for p in parts[1:] if p.isdigit()]
+    if not nums or ":".join(parts[: len(parts) - len(nums)]) != name:
+        return None
+    line = int(nums[0])
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return None
+    end = line  # the instruction's continuation lines are marked too
+    while end < len(lines) and lines[end - 1].rstrip().endswith(("\\", "`")):
+        end += 1
+    first, last = max(1, line - context), min(len(lines), end + context)
+    width = len(str(last))
+    body = [f" {n:>{width}} | {'>>> ' if line <= n <= end else '    '}{lines[n - 1]}".rstrip()
+            for n in range(first, last + 1)]
+    rule = "-" * 20
+    return "\n".join([f"{name}:{line}", rule, *body, rule])
+
+
 # ---------------------------------------------------------------- reporters
 
 class ReporterBase:
@@ -295,6 +322,20 @@ class ReporterBase:
 
     def __init__(self) -> None:
         self.summary = BuildSummary()
+
+    # The build's outcome, after close(): docker's closing lines on stderr.  rawjson overrides
+    # both so that its stream stays one JSON event per line to the end.
+    def build_written(self, image_id: str, manifest_digest: str, names: list[str]) -> None:
+        print(f"writing image {image_id} done", file=sys.stderr)
+        for name in names:
+            print(f"naming to {name} done", file=sys.stderr)
+
+    def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None) -> None:
+        if excerpt:
+            print(excerpt, file=sys.stderr)
+        print(f"ERROR: {message}", file=sys.stderr)
+        if log_path:
+            print(f"full output of the step: {log_path}", file=sys.stderr)
 
     def step_started(self, step: Step) -> None:
         self.summary.started_step(step)

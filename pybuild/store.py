@@ -22,6 +22,10 @@ def default_root() -> Path:
     env = os.environ.get("PYBUILD_ROOT")
     if env:
         return Path(env).expanduser().absolute()
+    from pybuild.config import settings  # the config file's `root`, below the env var
+
+    if settings().root is not None:
+        return settings().root
     if os.geteuid() == 0:
         return Path("/var/lib/pybuild")
     data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")

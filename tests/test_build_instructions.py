@@ -62,9 +62,9 @@ def test_copy_from_own_stage_number_is_an_error_not_a_hang(cli, tmp_path):
 
 
 def test_unsupported_flags_fail_before_any_step_runs(cli, tmp_path):
-    res = _build(cli, tmp_path, "FROM busybox:latest\nRUN echo first-step-ran\nRUN --mount=type=cache,target=/c true\n")
+    res = _build(cli, tmp_path, "FROM busybox:latest\nRUN echo first-step-ran\nRUN --mount=type=cache,target=/c,bogus=1 true\n")
     assert res.code == 1
-    assert "Dockerfile:3: RUN --mount is not supported by pybuild yet" in res.stderr
+    assert "Dockerfile:3:13: RUN --mount=type=cache,target=/c,bogus=1: unexpected key 'bogus'" in res.stderr
     assert "first-step-ran" not in res.stderr
 
 

@@ -184,5 +184,7 @@ def test_outputs_iidfile_and_metadata_file(cli, tmp_path):
     assert (local / "app" / "app.txt").read_text() == (SAMPLES / "hello" / "app.txt").read_text()
     res = cli("build", "-o", f"type=oci,dest={tmp_path / 'x.tar'}", str(SAMPLES / "hello"))
     assert res.code == 2 and "needs a name" in res.stderr
-    res = cli("build", "-o", "type=registry", str(SAMPLES / "hello"))
-    assert res.code == 2 and "unknown type 'registry'" in res.stderr
+    res = cli("build", "-o", "type=nosuch", str(SAMPLES / "hello"))
+    assert res.code == 2 and "unknown type 'nosuch'" in res.stderr
+    res = cli("build", "-o", "type=registry", str(SAMPLES / "hello"))  # pushing needs a name
+    assert res.code == 2 and "type=registry needs name=REF" in res.stderr

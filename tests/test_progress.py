@@ -524,3 +524,17 @@ def test_tty_in_real_terminal(tmp_path):
         assert not any("cc -c" in line for line in final)
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True, check=False)
+
+
+def test_dockerfile_excerpt_marks_the_failing_instruction():
+    from pybuild.progress import dockerfile_excerpt
+
+    text = "FROM busybox\nENV A=1\nRUN echo one; \\\n  exit 3\nCMD x\nLABEL a=b\nLABEL c=d\n"
+    assert dockerfile_excerpt(text, "Dockerfile", "Dockerfile:3") == (
+        "Dockerfile:3\n--------------------\n"
+        " 1 |     FROM busybox\n 2 |     ENV A=1\n 3 | >>> RUN echo one; \\\n 4 | >>>   exit 3\n"
+        " 5 |     CMD x\n 6 |     LABEL a=b\n--------------------")
+    assert dockerfile_excerpt(text, "Dockerfile", "Dockerfile:1:5").splitlines()[2] == " 1 | >>> FROM busybox"
+    assert dockerfile_excerpt(text, "Dockerfile", "ONBUILD triggers of x:1") is None
+    assert dockerfile_excerpt(text, "Dockerfile", "Dockerfile:99") is None
+    assert dockerfile_excerpt(text, "Dockerfile", None) is None

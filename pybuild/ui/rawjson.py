@@ -96,3 +96,9 @@ class RawJSONReporter(ReporterBase):
 
     def info(self, message: str) -> None:
         self._emit("info", message=message)
+
+    def build_written(self, image_id: str, manifest_digest: str, names: list[str]) -> None:
+        self._emit("image.written", force=True, id=image_id, digest=manifest_digest, names=list(names))
+
+    def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None) -> None:
+        self._emit("build.error", force=True, error=message, log=log_path, excerpt=excerpt)

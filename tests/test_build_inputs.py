@@ -1,0 +1,87 @@
+"""`pybuild build` inputs beyond a context dir: stdin contexts, -f -, --label, --platform, --jobs."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+DOCKERFILE = "FROM busybox\nCOPY a /a\nLABEL x=1\nRUN cat /a > /copied\n"
+
+
+def _tar(files: dict[str, bytes], mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _config(cli, ref: str) -> dict:
+    return json.loads(cli("inspect", ref, check=True).stdout)[0]["Config"]
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_context_tar_on_stdin(cli, mode, tmp_path):
+    (tmp_path / "ctx.tar").write_bytes(_tar({"Dockerfile": DOCKERFILE.encode(), "a": b"from the tar\n"}, mode))
+    with open(tmp_path / "ctx.tar", "rb") as stdin:
+        cli("build", "-t", "fromtar", "-", stdin=stdin, check=True)
+    out = cli("run", "fromtar", "cat", "/copied", check=True)
+    assert out.stdout == "from the tar\n"
+
+
+def test_lone_dockerfile_on_stdin_has_an_empty_context(cli):
+    ok = cli("build", "-t", "lone", "-", input="FROM busybox\nRUN echo lone > /f\n", check=True)
+    assert "naming to lone done" in ok.stderr
+    bad = cli("build", "-", input=DOCKERFILE)
+    assert bad.code == 1 and "ERROR: Dockerfile:2: COPY failed: 'a' not found" in bad.stderr
+
+
+def test_hostile_context_tar_is_refused(cli, tmp_path):
+    (tmp_path / "evil.tar").write_bytes(_tar({"Dockerfile": b"FROM busybox\n", "../../escaped": b"x"}))
+    with open(tmp_path / "evil.tar", "rb") as stdin:
+        res = cli("build", "-t", "evil", "-", stdin=stdin)
+    assert res.code == 2 and "not a usable tar" in res.stderr
+    assert "evil" not in cli("images", check=True).stdout
+
+
+def test_dockerfile_from_stdin_with_context_dir(cli, tmp_path):
+    (tmp_path / "a").write_text("dir context\n")
+    cli("build", "-t", "fstdin", "-f", "-", str(tmp_path), input=DOCKERFILE, check=True)
+    assert cli("run", "fstdin", "cat", "/copied", check=True).stdout == "dir context\n"
+
+
+def test_both_stdin_is_a_usage_error(cli):
+    res = cli("build", "-f", "-", "-", input="")
+    assert res.code == 2 and "cannot both read stdin" in res.stderr
+
+
+def test_label_flag_sets_final_image_labels_over_dockerfile(cli, tmp_path):
+    (tmp_path / "a").write_text("x")
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    cli("build", "-t", "lab", "--label", "x=2", "--label", "org.example=v 1", str(tmp_path), check=True)
+    assert _config(cli, "lab")["Labels"] == {"x": "2", "org.example": "v 1"}
+
+
+@pytest.mark.parametrize("flag,msg", [
+    (["--label", "novalue"], "--label 'novalue': expected KEY=VALUE"),
+    (["--platform", "linux/arm64"], "only linux/amd64"),
+    (["--jobs", "0"], "--jobs"),
+])
+def test_bad_flags_exit_2(cli, tmp_path, flag, msg):
+    (tmp_path / "Dockerfile").write_text("FROM busybox\n")
+    res = cli("build", *flag, str(tmp_path))
+    assert res.code == 2 and msg in res.stderr, res.stderr
+
+
+def test_platform_linux_amd64_and_jobs_1_build(cli, tmp_path):
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox AS a\nRUN echo a > /a\nFROM busybox AS b\nRUN echo b > /b\n"
+        "FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n")
+    cli("build", "--platform", "linux/amd64", "-j", "1", "-t", "j1", str(tmp_path), check=True)
+    assert cli("run", "j1", "cat", "/a", "/b", check=True).stdout == "a\nb\n"
