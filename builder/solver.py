@@ -146,6 +146,8 @@ class Solver:
         self._trigger_args: set[str] = set()  # ARGs declared by base images' ONBUILD triggers
         self._pull_lock = threading.Lock()
         self._pulled: dict[str, str] = {}     # FROM text -> manifest digest pulled by this build
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks_guard = threading.Lock()
         # Stage threads are cheap and wait on each other; what --jobs bounds is the work itself.
         self._executing = threading.BoundedSemaphore(options.jobs or os.cpu_count() or 1)
 
@@ -474,8 +476,21 @@ class Solver:
         if self.opts.compression != "gzip":  # the recorded layer blob differs, so the key must too
             definition = {**definition, "compression": self.opts.compression}
         key = step_key(state.key, definition)
+        with self._once(key):  # identical steps of parallel stages run once; the others then hit
+            if self.cancelled.is_set():
+                raise BuildError("build cancelled")
+            self._execute_or_reuse(step, ins, state, sp, key, prepared, label)
+
+    def _once(self, key: str) -> threading.Lock:
+        with self._key_locks_guard:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _execute_or_reuse(self, step: Step, ins, state: StageState, sp: StagePlan, key: str,
+                          prepared: Prepared, label: str) -> None:
+        definition, execute, created_by, files = prepared
         skip_reason = self._cache_skipped(sp)
-        found = None if skip_reason else self.cache.get(key)
+        built_here = self.used_records.get(key)  # even with --no-cache: the same vertex, one build
+        found = (built_here, None) if built_here is not None else (None if skip_reason else self.cache.get(key))
         record = found[0] if found else None
         if record is not None:
             if found[1] is not None:
