@@ -7,9 +7,30 @@ sha256 (diff_id) -> gzip -> sha256 (digest) -> ContentStore in a single pass.
 *overlay form* (OCI whiteouts become 0/0 char devices, opaque markers become
 ``trusted.overlay.opaque=y``), resolving every path component with
 ``O_NOFOLLOW`` relative to directory fds so nothing can escape ``dest``.
+
+Compression: gzip is deflated pigz-style in a thread pool (``_ParallelGzip``: fixed
+128 KiB blocks, each with the previous 32 KiB as dictionary, so the bytes never depend
+on the thread count); zstd uses libzstd's worker threads (its multi-threaded output is
+likewise independent of the worker count).  Unpacking decompresses and hashes in a
+background thread (``_Decompressor``) while the caller's thread writes files.
+
+Which extraction policy applies where:
+
+* image layers (base images, ``load``, ``import``, snapshots) and ``ADD`` of a local
+  tar: this module's ``_Unpacker``.  Layers legitimately hold absolute symlinks
+  (``/etc/localtime -> /usr/share/zoneinfo/UTC``), device nodes and hard links, so
+  those are *created*; what is refused is any entry that would be written outside
+  ``dest``: absolute names, ``..`` components, a parent that is a symlink (every
+  component is opened with ``O_NOFOLLOW`` from a directory fd, never by path), and hard
+  links whose target is outside or reached through a symlink.  Each layer is unpacked
+  into its own empty snapshot dir, so links made by earlier layers are never followed.
+* a build context tar on stdin (``pybuild build -``, in ``pybuild/cli.py``): ``tarsafe``,
+  whose policy is "reject anything unusual" (devices, links pointing out): a context
+  has no reason to contain them.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import gzip
 import hashlib
@@ -17,6 +38,7 @@ import os
 import queue
 import shutil
 import stat
+import struct
 import tarfile
 import threading
 import zlib
@@ -25,11 +47,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .content import BlobWriter, ContentStore
-
-try:  # optional, faster deflate
-    from isal import isal_zlib as _isal_zlib  # type: ignore
-except Exception:  # pragma: no cover - isal is not a hard dependency
-    _isal_zlib = None
 
 try:  # needed only for compression="zstd" and for reading zstd layers
     import zstandard as _zstd  # type: ignore
@@ -54,7 +71,7 @@ MEDIA_TYPE_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_LEVEL = 3  # zstd's default; single-threaded, so the output is deterministic
+_ZSTD_LEVEL = 3  # zstd's default
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -86,59 +103,189 @@ class LayerError(Exception):
 # ---------------------------------------------------------------------------
 
 
-class _LayerSink:
-    """tar bytes -> sha256(diff_id) -> [gzip] -> BlobWriter (which hashes the digest).
+class _Crc32Shift:
+    """crc32 of a concatenation from the crcs of its parts (zlib's crc32_combine,
+    which Python does not expose).
 
-    Deflate runs in a worker thread (zlib and hashlib release the GIL), fed
-    through a small bounded queue, so reading files / building headers /
-    hashing the tar overlaps with compression while memory stays bounded
-    (at most ~_QUEUE_DEPTH MiB in flight).
+    ``zlib.crc32(data, c)`` is affine in ``c``: it equals ``L_n(c) ^ zlib.crc32(data)``
+    where the linear map ``L_n`` depends only on ``n = len(data)``.  So
+    ``crc(A + B) = L_len(B)(crc(A)) ^ crc(B)``.  ``L_n`` for the fixed block size is
+    tabulated once (four 256-entry byte tables); other lengths (the last block) are
+    computed from ``crc32`` over ``n`` zero bytes.
     """
 
-    _QUEUE_DEPTH = 4
+    def __init__(self, n: int):
+        self.n = n
+        zeros = bytes(n)
+        base = zlib.crc32(zeros)
+        cols = [zlib.crc32(zeros, 1 << k) ^ base for k in range(32)]
+        self._tables = []
+        for byte in range(4):
+            table = [0] * 256
+            for v in range(1, 256):
+                low = v & -v  # lowest set bit: table[v] = table[v - low] ^ column of that bit
+                table[v] = table[v ^ low] ^ cols[byte * 8 + low.bit_length() - 1]
+            self._tables.append(table)
 
-    def __init__(self, bw: BlobWriter, compression: str):
+    def combine(self, crc_a: int, crc_b: int) -> int:
+        """crc32(A + B) for len(B) == self.n."""
+        t0, t1, t2, t3 = self._tables
+        return (t0[crc_a & 0xFF] ^ t1[(crc_a >> 8) & 0xFF] ^ t2[(crc_a >> 16) & 0xFF]
+                ^ t3[crc_a >> 24] ^ crc_b)
+
+    @staticmethod
+    def combine_any(crc_a: int, crc_b: int, len_b: int) -> int:
+        zeros = bytes(len_b)
+        return zlib.crc32(zeros, crc_a) ^ zlib.crc32(zeros) ^ crc_b
+
+
+# Parallel gzip, the pigz way.  The uncompressed stream is cut into fixed blocks;
+# each block is deflated on its own (raw deflate, the previous 32 KiB of input as
+# preset dictionary so matches reach back as far as in one-stream deflate) and
+# ended with Z_SYNC_FLUSH (byte-aligned, not final); the last block with Z_FINISH.
+# The concatenation behind one gzip header and one trailer (CRC32, ISIZE) is a
+# single valid gzip member.  Every block's bytes are a pure function of (block,
+# dictionary, level), so the blob is identical whatever the thread count or
+# timing: layer digests and cache keys rely on that.
+_GZ_BLOCK = 128 << 10
+_GZ_DICT = 32 << 10
+_GZ_LEVEL = 6
+_GZ_MEM_LEVEL = 8  # zlib's default, as used by gzip/pigz
+# What zlib's own gzip wrapper writes at level 6: no FNAME, MTIME 0, XFL 0, OS 3 (Unix).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+_ZERO_BLOCK = bytes(_GZ_BLOCK)
+_crc_shift: _Crc32Shift | None = None
+_zero_block_deflated: tuple[bytes, int] | None = None
+_gz_lock = threading.Lock()
+
+
+def _deflate_block(block: bytes, zdict: bytes | None, last: bool) -> tuple[bytes, int]:
+    """(raw deflate of block, crc32 of block); runs in pool threads (zlib releases the GIL)."""
+    if zdict is None:
+        c = zlib.compressobj(_GZ_LEVEL, zlib.DEFLATED, -15, _GZ_MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY)
+    else:
+        c = zlib.compressobj(_GZ_LEVEL, zlib.DEFLATED, -15, _GZ_MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, zdict)
+    out = c.compress(block) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return out, zlib.crc32(block)
+
+
+def _gz_tables() -> tuple[_Crc32Shift, tuple[bytes, int]]:
+    """The block-size crc shift table and the deflate of a zero block after zeros
+    (memoised: sparse files and zero-filled images are mostly such blocks)."""
+    global _crc_shift, _zero_block_deflated
+    with _gz_lock:
+        if _crc_shift is None:
+            _zero_block_deflated = _deflate_block(_ZERO_BLOCK, _ZERO_BLOCK[-_GZ_DICT:], False)
+            _crc_shift = _Crc32Shift(_GZ_BLOCK)
+        return _crc_shift, _zero_block_deflated
+
+
+def default_threads() -> int:
+    """Compression threads used when the caller does not say: one per CPU this
+    process may run on (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+class _ParallelGzip:
+    """Deterministic multi-threaded gzip into ``out`` (anything with ``write``).
+
+    ``write`` takes uncompressed bytes in any chunking; blocks are submitted to a
+    thread pool and their results written in order by the calling thread.  At most
+    ``2 * threads + 2`` blocks are in flight, so memory stays bounded (a few MiB)
+    whatever the stream size.  ``close`` writes the last block and the trailer;
+    ``abort`` stops the pool without writing anything more.
+    """
+
+    def __init__(self, out, threads: int):
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._Future = Future
+        self._out = out
+        self._shift, self._zero = _gz_tables()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="layer-gzip")
+        self._inflight: collections.deque = collections.deque()
+        self._max_inflight = 2 * threads + 2
+        self._buf = bytearray()
+        self._prev_tail: bytes | None = None  # last 32 KiB of the previous block
+        self._prev_zero = False
+        self._crc = 0
+        self._size = 0
+        out.write(_GZIP_HEADER)
+
+    def write(self, data) -> None:
+        self._buf += data
+        # keep at least one byte back: the last block must be known to be last
+        while len(self._buf) > _GZ_BLOCK:
+            block = bytes(memoryview(self._buf)[:_GZ_BLOCK])
+            del self._buf[:_GZ_BLOCK]
+            self._submit(block, last=False)
+
+    def _submit(self, block: bytes, last: bool) -> None:
+        zero = len(block) == _GZ_BLOCK and block == _ZERO_BLOCK
+        if zero and self._prev_zero and not last:
+            fut = self._Future()
+            fut.set_result(self._zero)
+        else:
+            fut = self._pool.submit(_deflate_block, block, self._prev_tail, last)
+        self._inflight.append((fut, len(block)))
+        self._prev_tail = block[-_GZ_DICT:]
+        self._prev_zero = zero
+        self._size += len(block)
+        while len(self._inflight) >= self._max_inflight:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        fut, n = self._inflight.popleft()
+        deflated, crc = fut.result()
+        if n == _GZ_BLOCK:
+            self._crc = self._shift.combine(self._crc, crc)
+        else:
+            self._crc = _Crc32Shift.combine_any(self._crc, crc, n)
+        self._out.write(deflated)
+
+    def close(self) -> None:
+        self._submit(bytes(self._buf), last=True)
+        self._buf.clear()
+        while self._inflight:
+            self._drain_one()
+        self._out.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+        self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        for fut, _ in self._inflight:
+            fut.cancel()
+        self._inflight.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _LayerSink:
+    """tar bytes -> sha256 (diff_id) -> [gzip | zstd] -> BlobWriter (which hashes the digest).
+
+    gzip: blocks deflated in a thread pool (see ``_ParallelGzip``); zstd: libzstd's
+    own worker threads.  Both give the same bytes for any thread count.  Input is
+    handled in ~1 MiB pieces so hashlib releases the GIL while compression runs.
+    """
+
+    def __init__(self, bw: BlobWriter, compression: str, threads: int | None = None):
         self._bw = bw
         self._diff = hashlib.sha256()
         self._buf = bytearray()
-        self._err: BaseException | None = None
-        self._thread = None
+        threads = default_threads() if threads is None else max(1, threads)
         if compression == "gzip":
-            if _isal_zlib is not None:
-                self._comp = _isal_zlib.compressobj(
-                    _isal_zlib.ISAL_DEFAULT_COMPRESSION, _isal_zlib.DEFLATED, 31
-                )
-            else:
-                # wbits=31: gzip wrapper, header mtime=0, no file name.
-                self._comp = zlib.compressobj(6, zlib.DEFLATED, 31)
-            self._q: queue.Queue = queue.Queue(maxsize=self._QUEUE_DEPTH)
-            self._thread = threading.Thread(target=self._worker, name="layer-gzip", daemon=True)
-            self._thread.start()
+            self._comp = _ParallelGzip(bw, threads)
         elif compression == "zstd":
-            self._comp = _zstd_module().ZstdCompressor(level=_ZSTD_LEVEL).compressobj()
-            self._q = queue.Queue(maxsize=self._QUEUE_DEPTH)
-            self._thread = threading.Thread(target=self._worker, name="layer-zstd", daemon=True)
-            self._thread.start()
+            # threads >= 1 selects zstd's multi-threaded mode, whose output does not
+            # depend on the number of workers (jobs are cut by size, not by thread);
+            # single-threaded mode (threads=0) would give other bytes, so never use it.
+            cctx = _zstd_module().ZstdCompressor(level=_ZSTD_LEVEL, threads=threads)
+            self._comp = _ZstdAdapter(cctx.compressobj(), bw)
         elif compression == "none":
             self._comp = None
         else:
             raise ValueError(f"unknown compression {compression!r} (want 'gzip', 'zstd' or 'none')")
-
-    def _worker(self) -> None:
-        q = self._q
-        try:
-            while True:
-                data = q.get()
-                if data is None:
-                    break
-                out = self._comp.compress(data)
-                if out:
-                    self._bw.write(out)
-            self._bw.write(self._comp.flush())
-        except BaseException as e:  # reported to the producer
-            self._err = e
-            while q.get() is not None:  # keep the producer from blocking
-                pass
 
     def write(self, data) -> None:
         if len(self._buf) + len(data) < _CHUNK:
@@ -155,28 +302,41 @@ class _LayerSink:
 
     def _process(self, data) -> None:
         self._diff.update(data)
-        if self._thread is None:
+        if self._comp is None:
             self._bw.write(data)
-            return
-        if self._err is not None:
-            raise self._err
-        self._q.put(bytes(data))
+        else:
+            self._comp.write(data)
 
     def close(self) -> str:
+        """Flush everything into the BlobWriter; returns the diff_id."""
         self._flush()
-        if self._thread is not None:
-            self._q.put(None)
-            self._thread.join()
-            self._thread = None
-            if self._err is not None:
-                raise self._err
+        if self._comp is not None:
+            comp, self._comp = self._comp, None
+            comp.close()
         return "sha256:" + self._diff.hexdigest()
 
     def abort(self) -> None:
-        if self._thread is not None:
-            self._q.put(None)
-            self._thread.join()
-            self._thread = None
+        """Stop the threads (no-op after ``close``); the caller aborts the BlobWriter."""
+        if self._comp is not None:
+            comp, self._comp = self._comp, None
+            comp.abort()
+
+
+class _ZstdAdapter:
+    def __init__(self, cobj, out):
+        self._cobj = cobj
+        self._out = out
+
+    def write(self, data) -> None:
+        chunk = self._cobj.compress(data)
+        if chunk:
+            self._out.write(chunk)
+
+    def close(self) -> None:
+        self._out.write(self._cobj.flush())
+
+    def abort(self) -> None:
+        pass
 
 
 def _zstd_module():
@@ -227,7 +387,16 @@ def write_layer(
     overlay_upper: bool = False,
     compression: str = "gzip",
     source_date_epoch: int | None = None,
+    threads: int | None = None,
 ) -> LayerBlob:
+    """Write ``src_dir`` as one layer blob into ``store`` and return its descriptor data.
+
+    One streaming pass: tar -> sha256 (diff_id) -> compression -> sha256 (digest) ->
+    ``store`` (committed atomically; nothing is left behind on error).  The bytes are
+    deterministic: they depend on the tree, ``compression``, ``overlay_upper`` and
+    ``source_date_epoch`` only, never on ``threads`` (compression threads, default one
+    per CPU) or timing.  Memory stays bounded whatever the size of the tree or its files.
+    """
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise LayerError(f"layer source {src_dir} is not a directory")
@@ -235,7 +404,7 @@ def write_layer(
         raise ValueError(f"unknown compression {compression!r} (want 'gzip', 'zstd' or 'none')")
     media_type = _media_type(compression)
     with store.writer() as bw:
-        sink = _LayerSink(bw, compression)
+        sink = _LayerSink(bw, compression, threads)
         try:
             _write_tar(sink, str(src_dir), overlay_upper, source_date_epoch)
             diff_id = sink.close()
@@ -335,7 +504,8 @@ def _write_tar(sink: _LayerSink, root: str, overlay_upper: bool, sde: int | None
             ti.type = tarfile.REGTYPE
             ti.size = st.st_size
             sink.write(_tobuf(ti))
-            _copy_file_data(sink, path, arc, st.st_size)
+            # fewer blocks allocated than the size needs: it has holes worth skipping
+            _copy_file_data(sink, path, arc, st.st_size, sparse=st.st_blocks * 512 < st.st_size - _CHUNK)
         elif stat.S_ISLNK(mode):
             ti.type = tarfile.SYMTYPE
             ti.linkname = os.readlink(path)
@@ -354,16 +524,58 @@ def _write_tar(sink: _LayerSink, root: str, overlay_upper: bool, sde: int | None
     sink.write(_NUL_BLOCK * 2)  # end-of-archive marker
 
 
-def _copy_file_data(sink: _LayerSink, path: str, arc: str, size: int) -> None:
+def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, end) of the data regions of a file with holes, from SEEK_DATA/SEEK_HOLE;
+    [(0, size)] where the filesystem cannot tell (then every byte is read)."""
+    segments = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole up to EOF
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if start >= size:
+                break
+            segments.append((start, end))
+            pos = end
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return [(0, size)]
+        raise
+    os.lseek(fd, 0, os.SEEK_SET)
+    return segments
+
+
+_ZERO_CHUNK = bytes(_CHUNK)
+
+
+def _copy_file_data(sink: _LayerSink, path: str, arc: str, size: int, sparse: bool) -> None:
+    """Stream the file's bytes (then the tar padding) into ``sink``, never holding more
+    than one chunk.  Holes of a sparse file are fed as zeros without reading them; the
+    tar entry is an ordinary one (readers need no GNU/PAX sparse support), and zero
+    blocks are cheap to compress (see ``_gz_tables``)."""
     fd = _open_for_read(path)
     try:
-        left = size
-        while left > 0:
-            data = os.read(fd, min(_CHUNK, left))
-            if not data:
-                raise LayerError(f"{arc}: file shrank while writing the layer (expected {size} bytes)")
-            sink.write(data)
-            left -= len(data)
+        segments = _data_segments(fd, size) if sparse else [(0, size)]
+        pos = 0
+        for start, end in segments + [(size, size)]:
+            start = max(start, pos)
+            while pos < start:  # a hole
+                n = min(_CHUNK, start - pos)
+                sink.write(_ZERO_CHUNK if n == _CHUNK else _ZERO_CHUNK[:n])
+                pos += n
+            if sparse:
+                os.lseek(fd, pos, os.SEEK_SET)
+            while pos < end:
+                data = os.read(fd, min(_CHUNK, end - pos))
+                if not data:
+                    raise LayerError(f"{arc}: file shrank while writing the layer (expected {size} bytes)")
+                sink.write(data)
+                pos += len(data)
     finally:
         os.close(fd)
     pad = -size % _BLOCK
@@ -374,24 +586,6 @@ def _copy_file_data(sink: _LayerSink, path: str, arc: str, size: int) -> None:
 # ---------------------------------------------------------------------------
 # unpacking
 # ---------------------------------------------------------------------------
-
-
-class _HashReader:
-    def __init__(self, f):
-        self._f = f
-        self.hash = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.hash.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    def hexdigest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
 
 
 class _PeekReader:
@@ -431,53 +625,204 @@ def open_decompressed(fileobj: BinaryIO):
     return peek
 
 
+class _Decompressor(threading.Thread):
+    """Reads ``raw`` in a background thread, hashing the compressed bytes (digest),
+    decompressing gzip (any number of members) / zstd / plain, hashing the result
+    (diff_id) and handing it over in chunks of at most 1 MiB through a bounded queue.
+
+    Decompression and both hashes release the GIL, so they run alongside the tar
+    parsing and file writes of the consumer; memory stays at a few MiB whatever the
+    compression ratio (``max_length`` bounds each inflate step).  The consumer calls
+    ``read`` like a file; an error in the thread is raised from ``read``.  ``stop``
+    ends the thread early (the consumer failed) and is idempotent.
+    """
+
+    _DEPTH = 8
+
+    def __init__(self, raw: BinaryIO, kind: str):
+        super().__init__(name="layer-decompress", daemon=True)
+        self._raw = raw
+        self._kind = kind
+        self.outer = hashlib.sha256()
+        self.inner = hashlib.sha256()
+        self._q: queue.Queue = queue.Queue(maxsize=self._DEPTH)
+        self._stopped = threading.Event()
+        self._pending = b""
+        self._pos = 0
+        self._eof = False
+        self.error: BaseException | None = None
+        self.start()
+
+    # -- producer (thread) ------------------------------------------------------
+    def _raw_chunks(self):
+        while chunk := self._raw.read(_CHUNK):
+            self.outer.update(chunk)
+            yield chunk
+
+    def _put(self, item) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _emit(self, data: bytes) -> bool:
+        if not data:
+            return True
+        self.inner.update(data)
+        return self._put(data)
+
+    def _gunzip(self):
+        d = zlib.decompressobj(wbits=31)
+        in_member = False
+        for chunk in self._raw_chunks():
+            while chunk:
+                if not in_member and chunk.count(0) == len(chunk):
+                    break  # zero padding after a member, as gzip(1) allows
+                in_member = True
+                out = d.decompress(chunk, _CHUNK)
+                if not self._emit(out):
+                    return
+                while d.unconsumed_tail and not d.eof:
+                    out = d.decompress(d.unconsumed_tail, _CHUNK)
+                    if not self._emit(out):
+                        return
+                if d.eof:  # another member may follow
+                    chunk = d.unused_data
+                    d = zlib.decompressobj(wbits=31)
+                    in_member = False
+                else:
+                    chunk = b""
+        if in_member:
+            raise LayerError("gzip stream ends early (truncated blob)")
+
+    def _zstd(self):
+        outer = self
+
+        class _Hashing:
+            def read(self, n=-1):
+                data = outer._raw.read(n)
+                outer.outer.update(data)
+                return data
+
+        reader = _zstd_module().ZstdDecompressor().stream_reader(_Hashing(), read_across_frames=True)
+        while data := reader.read(_CHUNK):
+            if not self._emit(data):
+                return
+
+    def run(self) -> None:
+        try:
+            if self._kind == "gzip":
+                self._gunzip()
+            elif self._kind == "zstd":
+                self._zstd()
+            else:
+                self.inner = self.outer  # plain: the diff_id is the digest
+                for chunk in self._raw_chunks():
+                    if not self._put(chunk):
+                        return
+        except BaseException as e:  # handed to the consumer
+            self.error = e
+        self._put(None)
+
+    # -- consumer ------------------------------------------------------------------
+    def read(self, n: int = -1) -> bytes:
+        # whole chunks are handed out as they are (no copy); only a short read slices
+        if self._pos >= len(self._pending):
+            if self._eof:
+                return b""
+            item = self._q.get()
+            if item is None:
+                self._eof = True
+                self.join()
+                if self.error is not None:
+                    raise self.error
+                return b""
+            self._pending, self._pos = item, 0
+        pos, data = self._pos, self._pending
+        if pos == 0 and (n is None or n < 0 or n >= len(data)):
+            self._pos = len(data)
+            return data
+        end = len(data) if n is None or n < 0 else min(len(data), pos + n)
+        self._pos = end
+        return data[pos:end]
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        # The thread ends at its next queue hand-off; a pipe whose writer stalls could
+        # keep it in read(), so do not wait for ever (it is a daemon thread and exits
+        # once that read returns).
+        self.join(timeout=10)
+
+    def digests(self) -> tuple[str, str]:
+        """(digest, diff_id) once ``read`` returned EOF."""
+        return "sha256:" + self.outer.hexdigest(), "sha256:" + self.inner.hexdigest()
+
+
+def _corrupt_stream_error(e: BaseException) -> bool:
+    if isinstance(e, (OSError, EOFError, zlib.error)):
+        return True
+    return _zstd is not None and isinstance(e, _zstd.ZstdError)
+
+
 def unpack_layer(store: ContentStore, layer: LayerBlob, dest: Path) -> None:
-    """Unpack a stored layer into ``dest`` (overlay form), verifying both the
-    blob digest and the diff_id of the uncompressed stream."""
+    """Unpack a stored layer into ``dest`` (overlay form), verifying both the blob
+    digest and the diff_id of the uncompressed stream.  On error ``dest`` holds a
+    partial tree: the caller unpacks into a temp dir and removes it (as
+    ``SnapshotStore.ensure`` does)."""
     with store.open(layer.digest) as raw:
         magic = raw.read(4)
         raw.seek(0)
-        outer = _HashReader(raw)
-        if magic.startswith(GZIP_MAGIC):
-            inner_src = gzip.GzipFile(fileobj=outer, mode="rb")
-        elif magic == ZSTD_MAGIC:
-            inner_src = _zstd_module().ZstdDecompressor().stream_reader(outer, read_across_frames=True)
-        else:
-            inner_src = outer
-        inner = _HashReader(inner_src) if inner_src is not outer else outer
+        kind = "gzip" if magic.startswith(GZIP_MAGIC) else "zstd" if magic == ZSTD_MAGIC else "plain"
+        src = _Decompressor(raw, kind)
         try:
-            _unpack(inner, dest, "r|")
-            inner.drain()
-            outer.drain()
-        except (OSError, EOFError, zlib.error) as e:  # LayerError is not an OSError
-            raise LayerError(f"layer {layer.digest}: corrupt stream: {e}") from e
+            _unpack(src, dest, "r|")
+            src.drain()
+        except LayerError as e:
+            raise LayerError(f"layer {layer.digest}: {e}") from e
         except Exception as e:
-            if _zstd is None or not isinstance(e, _zstd.ZstdError):
+            if not _corrupt_stream_error(e):
                 raise
             raise LayerError(f"layer {layer.digest}: corrupt stream: {e}") from e
-        if outer.hexdigest() != layer.digest:
-            raise LayerError(f"layer {layer.digest}: blob content hashes to {outer.hexdigest()}")
-        if inner.hexdigest() != layer.diff_id:
+        finally:
+            src.stop()
+        digest, diff_id = src.digests()
+        if digest != layer.digest:
+            raise LayerError(f"layer {layer.digest}: blob content hashes to {digest}")
+        if diff_id != layer.diff_id:
             raise LayerError(
-                f"layer {layer.digest}: uncompressed stream hashes to {inner.hexdigest()}, "
+                f"layer {layer.digest}: uncompressed stream hashes to {diff_id}, "
                 f"expected diff_id {layer.diff_id}"
             )
 
 
 def unpack_tar_stream(fileobj: BinaryIO, dest: Path) -> None:
-    """Unpack a tar stream (plain or compressed, auto-detected) into ``dest`` in overlay form."""
+    """Unpack a tar stream (plain, gzip, zstd, bzip2 or xz, detected by magic; pipes
+    work, nothing seeks) into ``dest`` in overlay form.  Hostile entries raise
+    ``LayerError``; ``dest`` may then hold a partial tree (the caller's to remove)."""
     peek = _PeekReader(fileobj, 4)
-    if peek.magic == ZSTD_MAGIC:
-        try:
-            _unpack(_zstd_module().ZstdDecompressor().stream_reader(peek, read_across_frames=True), dest, "r|")
-        except LayerError:
-            raise
-        except Exception as e:
-            if _zstd is not None and isinstance(e, _zstd.ZstdError):
-                raise LayerError(f"corrupt zstd stream: {e}") from e
-            raise
+    if peek.magic.startswith((b"BZh", b"\xfd7zX")):
+        _unpack(peek, dest, "r|*")  # rare for layers: tarfile's own single-threaded reader
         return
-    _unpack(peek, dest, "r|*")
+    kind = "gzip" if peek.magic.startswith(GZIP_MAGIC) else "zstd" if peek.magic == ZSTD_MAGIC else "plain"
+    src = _Decompressor(peek, kind)
+    try:
+        _unpack(src, dest, "r|")
+        src.drain()  # a stream truncated after the tar's end still fails
+    except LayerError:
+        raise
+    except Exception as e:
+        if not _corrupt_stream_error(e):
+            raise
+        raise LayerError(f"corrupt {kind} stream: {e}") from e
+    finally:
+        src.stop()
 
 
 def _unpack(fileobj, dest: Path, mode: str) -> None:
@@ -486,7 +831,7 @@ def _unpack(fileobj, dest: Path, mode: str) -> None:
     u = _Unpacker(dest)
     try:
         try:
-            tf = tarfile.open(fileobj=fileobj, mode=mode)
+            tf = tarfile.open(fileobj=fileobj, mode=mode, bufsize=_CHUNK)
         except tarfile.TarError as e:
             raise LayerError(f"not a tar stream: {e}") from e
         with tf:
@@ -521,6 +866,45 @@ def _split(name: str, what: str = "entry") -> tuple[str, ...]:
             raise LayerError(f"{what} {name!r}: '..' component not allowed")
         parts.append(c)
     return tuple(parts)
+
+
+_HOLE_GRAIN = 64 << 10
+_ZERO_GRAIN = bytes(_HOLE_GRAIN)
+
+
+def _write_entry_data(fd: int, src, size: int, name: str) -> None:
+    """Copy ``size`` bytes of an entry into the new, empty file ``fd``.  Files of a
+    MiB or more are written sparse: aligned 64 KiB runs of zeros are skipped with
+    lseek (the file is new, so they read back as zeros) and the size is set with
+    ftruncate, so a mostly-empty disk image costs neither time nor disk space."""
+    sparse = size >= _CHUNK
+    left = size
+    while left > 0:
+        data = src.read(min(_CHUNK, left))
+        if not data:
+            raise LayerError(f"entry {name!r}: truncated file data")
+        left -= len(data)
+        view = memoryview(data)
+        if sparse:
+            off = 0
+            while off < len(data):
+                end = min(off + _HOLE_GRAIN, len(data))
+                # first and last byte checked first: data that is not zero costs no copy
+                if data[off] == 0 and data[end - 1] == 0 and data[off:end] == _ZERO_GRAIN[:end - off]:
+                    os.lseek(fd, end - off, os.SEEK_CUR)
+                else:
+                    _write_all(fd, view[off:end])
+                off = end
+        else:
+            _write_all(fd, view)
+    if sparse:
+        os.ftruncate(fd, size)  # trailing holes
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def _mtime_ns(m: tarfile.TarInfo) -> int:
@@ -705,17 +1089,7 @@ class _Unpacker:
         elif m.isreg():
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             try:
-                src = tf.extractfile(m)
-                left = m.size
-                while left > 0:
-                    data = src.read(min(_CHUNK, left))
-                    if not data:
-                        raise LayerError(f"entry {m.name!r}: truncated file data")
-                    view = memoryview(data)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                    left -= len(data)
+                _write_entry_data(fd, tf.extractfile(m), m.size, m.name)
                 if self.is_root:
                     os.fchown(fd, m.uid, m.gid)
                 os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears setuid

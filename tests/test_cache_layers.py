@@ -1,11 +1,18 @@
 import gzip
 import hashlib
 import io
+import json
 import os
+import shutil
 import stat
+import struct
 import subprocess
+import sys
 import tarfile
+import tempfile
 import time
+import zlib
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +74,8 @@ def make_tree(root):
     os.symlink("/etc/passwd", root / "abs-link")
     os.symlink("../etc/passwd", root / "etc" / "rel-link")
     os.symlink("dangling/nowhere", root / "dangling")
+    os.symlink("../" * 40 + "t" * 90, root / "long-target")  # > 100 bytes: PAX linkpath
+    os.link(root / LONG, root / "hard-to-long")  # hard link whose target name needs PAX
     os.link(root / "etc" / "passwd", root / "hardlink")
     os.mkfifo(root / "fifo", 0o640)
     os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
@@ -78,6 +87,7 @@ def make_tree(root):
     capf.write_bytes(b"\x7fELF")
     os.setxattr(capf, "user.x", b"hello")
     os.setxattr(capf, "security.capability", CAP)
+    os.setxattr(root / "etc", "user.dir-attr", b"on a directory")
     (root / "private").mkdir(mode=0o700)
     os.chmod(root / "private", 0o700)
     owned = root / "private" / "owned"
@@ -237,6 +247,10 @@ def _tar(entries, fmt=tarfile.PAX_FORMAT):
     return buf.getvalue()
 
 
+# an absolute path outside every test dir, the target of absolute symlinks in attacks
+_OUTSIDE_DIR = Path(tempfile.gettempdir()) / f"pybuild-layer-attack-target-{os.getpid()}"
+
+
 def _snapshot_outside(tmp_path):
     return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "dest" not in p.parts)
 
@@ -256,23 +270,32 @@ def _snapshot_outside(tmp_path):
     [("x/.wh...", tarfile.REGTYPE, b"")],
     [("a/b/", tarfile.DIRTYPE, None), ("a/b/f", tarfile.REGTYPE, b"ok"),
      ("a/b", tarfile.SYMTYPE, "/"), ("a/b/pwned", tarfile.REGTYPE, b"evil")],
+    [("d", tarfile.SYMTYPE, str(_OUTSIDE_DIR)), ("d/.wh.victim", tarfile.REGTYPE, b"")],
+    [("d", tarfile.SYMTYPE, str(_OUTSIDE_DIR)), ("d/.wh..wh..opq", tarfile.REGTYPE, b"")],
+    [("d", tarfile.SYMTYPE, "../outside"), ("d/x", tarfile.SYMTYPE, "/etc/passwd")],
 ], ids=["dotdot", "inner-dotdot", "absolute", "symlink-root", "symlink-parent", "symlink-rel-dir",
         "symlink-dot", "file-dot", "hardlink-dotdot", "hardlink-abs", "hardlink-via-symlink", "whiteout-dotdot",
-        "dir-replaced-by-symlink"])
+        "dir-replaced-by-symlink", "whiteout-via-symlink", "opaque-via-symlink", "symlink-via-symlink"])
 def test_attacks_rejected(tmp_path, entries):
     (tmp_path / "victim").write_text("victim")
     (tmp_path / "outside").mkdir()
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    before = _snapshot_outside(tmp_path)
-    root_before = sorted(os.listdir("/"))
-    with pytest.raises(LayerError):
-        unpack_tar_stream(io.BytesIO(_tar(entries)), dest)
-    assert _snapshot_outside(tmp_path) == before
-    assert sorted(os.listdir("/")) == root_before
-    assert not os.path.exists("/pwned") and not os.path.exists("/etc/x")
-    assert (tmp_path / "victim").stat().st_nlink == 1
-    assert os.stat("/etc/passwd").st_nlink == 1
+    _OUTSIDE_DIR.mkdir(exist_ok=True)
+    try:
+        (_OUTSIDE_DIR / "victim").write_text("victim")
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        before = _snapshot_outside(tmp_path)
+        root_before = sorted(os.listdir("/"))
+        with pytest.raises(LayerError):
+            unpack_tar_stream(io.BytesIO(_tar(entries)), dest)
+        assert _snapshot_outside(tmp_path) == before
+        assert sorted(os.listdir("/")) == root_before
+        assert not os.path.exists("/pwned") and not os.path.exists("/etc/x")
+        assert (tmp_path / "victim").stat().st_nlink == 1
+        assert os.stat("/etc/passwd").st_nlink == 1
+        assert sorted(os.listdir(_OUTSIDE_DIR)) == ["victim"] and os.listxattr(_OUTSIDE_DIR) == []
+    finally:
+        shutil.rmtree(_OUTSIDE_DIR, ignore_errors=True)
 
 
 def test_unpack_whiteouts_replacement_and_gzip(tmp_path):
@@ -333,3 +356,254 @@ def test_trusted_overlay_xattrs_from_tar_ignored(tmp_path):
     dest = tmp_path / "dest"
     unpack_tar_stream(io.BytesIO(buf.getvalue()), dest)
     assert os.listxattr(dest / "dir") == ["user.ok"]
+
+
+# --- parallel gzip / zstd: valid, and the same bytes whatever the thread count -------------
+
+def _mixed_tree(root):
+    """A few MiB across many 128 KiB gzip blocks: random, text, zero runs, small files."""
+    root.mkdir()
+    rnd = os.urandom(700_000)
+    (root / "random.bin").write_bytes(rnd)
+    (root / "text.txt").write_bytes(b"layer digest diff_id manifest index descriptor\n" * 40_000)
+    (root / "zeros.bin").write_bytes(bytes(1_500_000))
+    (root / "mixed.bin").write_bytes(bytes(300_000) + rnd[:200_000] + bytes(600_000))
+    (root / "small").mkdir()
+    for i in range(200):
+        (root / "small" / f"f{i:03d}").write_bytes(b"x" * (i * 37))
+    return root
+
+
+def test_gzip_layer_is_one_valid_gzip_member_same_for_any_thread_count(tmp_path, store):
+    src = _mixed_tree(tmp_path / "src")
+    layers = {t: write_layer(src, store, threads=t) for t in (1, 2, 5)}
+    assert len(set(layers.values())) == 1, layers
+    layer = layers[1]
+    blob = store.path(layer.digest)
+    # independent readers: gzip(1), GNU tar, Python's gzip module
+    subprocess.run(["gzip", "-t", str(blob)], check=True)
+    listed = subprocess.run(["tar", "-tzf", str(blob)], check=True, capture_output=True, text=True).stdout.split()
+    assert "random.bin" in listed and "small/f199" in listed
+    raw = blob.read_bytes()
+    tar = gzip.decompress(raw)
+    assert "sha256:" + hashlib.sha256(tar).hexdigest() == layer.diff_id
+    # one member: header, deflate data, then CRC32 and ISIZE of the whole tar
+    d = zlib.decompressobj(wbits=31)
+    assert d.decompress(raw) == tar and d.eof and d.unused_data == b""
+    assert raw[-8:] == struct.pack("<II", zlib.crc32(tar), len(tar) & 0xFFFFFFFF)
+    # pigz-level compression, not one deflate stream per block without history
+    assert len(raw) < len(gzip.compress(tar, 6)) * 1.02
+
+
+@pytest.mark.parametrize("size", [0, 1, 128 << 10, (128 << 10) + 1, 2 * (128 << 10), 1_000_003])
+def test_parallel_gzip_block_boundaries_and_chunking(size):
+    from pybuild.cache.layers import _ParallelGzip
+
+    data = (os.urandom(50_000) + bytes(200_000) + b"abc" * 100_000)[:size]
+    outs = set()
+    for threads in (1, 3):
+        for chunk in (1, 4096, 1 << 20):
+            if chunk == 1 and size > 200_000:
+                continue
+            buf = io.BytesIO()
+            gz = _ParallelGzip(buf, threads)
+            for i in range(0, len(data), chunk):
+                gz.write(data[i:i + chunk])
+            gz.close()
+            assert gzip.decompress(buf.getvalue()) == data
+            outs.add(buf.getvalue())
+    assert len(outs) == 1
+
+
+def test_crc32_combine_matches_zlib():
+    from pybuild.cache.layers import _Crc32Shift
+
+    a, b = os.urandom(5000), os.urandom(300)
+    shift = _Crc32Shift(300)
+    assert shift.combine(zlib.crc32(a), zlib.crc32(b)) == zlib.crc32(a + b)
+    assert _Crc32Shift.combine_any(zlib.crc32(a), zlib.crc32(b[:7]), 7) == zlib.crc32(a + b[:7])
+
+
+def test_zstd_layer_same_for_any_thread_count(tmp_path, store):
+    import zstandard
+
+    src = _mixed_tree(tmp_path / "src")
+    layers = {t: write_layer(src, store, compression="zstd", threads=t) for t in (1, 2, 4)}
+    assert len(set(layers.values())) == 1, layers
+    layer = layers[1]
+    assert layer.media_type == "application/vnd.oci.image.layer.v1.tar+zstd"
+    with store.open(layer.digest) as f:
+        tar = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+    assert "sha256:" + hashlib.sha256(tar).hexdigest() == layer.diff_id
+    dest = tmp_path / "dest"
+    unpack_layer(store, layer, dest)
+    assert manifest(dest) == manifest(src)
+
+
+def test_failed_layer_write_leaves_no_blob_or_temp_file(tmp_path, store, monkeypatch):
+    src = _mixed_tree(tmp_path / "src")
+    from pybuild.cache import layers as layers_mod
+
+    real = layers_mod._deflate_block
+    calls = []
+
+    def failing(block, zdict, last):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("disk on fire")
+        return real(block, zdict, last)
+
+    monkeypatch.setattr(layers_mod, "_deflate_block", failing)
+    with pytest.raises(OSError, match="disk on fire"):
+        write_layer(src, store, threads=2)
+    assert list(store.walk()) == []
+    assert os.listdir(store.root / "ingest") == []
+
+
+# --- sparse files -------------------------------------------------------------------------
+
+GIB = 1 << 30
+_SPARSE_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from pybuild.cache import ContentStore, unpack_layer, write_layer
+store = ContentStore(Path(sys.argv[2]))
+layer = write_layer(Path(sys.argv[1]), store)
+unpack_layer(store, layer, Path(sys.argv[3]))
+print(json.dumps([[layer.digest, layer.diff_id, layer.size, layer.media_type],
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))
+"""
+
+
+@pytest.mark.slow
+def test_sparse_file_streams_and_unpacks_sparse(tmp_path, store):
+    src = tmp_path / "src"
+    src.mkdir()
+    img = src / "disk.img"
+    with open(img, "wb") as f:
+        f.write(b"head" * 1024)
+        f.seek(GIB // 2)
+        f.write(b"middle" * 100)
+        f.seek(GIB - 4096)
+        f.write(b"tail" * 1024)
+    assert os.stat(img).st_blocks * 512 < 1 << 20  # the filesystem keeps it sparse
+    dest = tmp_path / "dest"
+    # in a child process, so its peak RSS measures this write + unpack alone
+    child = subprocess.run([sys.executable, "-c", _SPARSE_CHILD, str(src), str(store.root), str(dest)],
+                           capture_output=True, text=True, check=True)
+    fields, maxrss_kib = json.loads(child.stdout)
+    layer = LayerBlob(*fields)
+    assert maxrss_kib < 200 * 1024, f"peak RSS {maxrss_kib} KiB: the file was not streamed"
+    # ordinary tar entry of the full size; zero blocks compress ~1000:1
+    assert layer.size < 2 << 20, layer.size
+    with store.open(layer.digest) as f, tarfile.open(fileobj=f, mode="r|gz") as tf:
+        first = tf.next()  # the header only: iterating would inflate the whole GiB
+    assert (first.name, first.size, first.type) == ("disk.img", GIB, tarfile.REGTYPE)
+    assert os.listdir(dest) == ["disk.img"]
+    out = dest / "disk.img"
+    st = os.stat(out)
+    assert st.st_size == GIB
+    assert st.st_blocks * 512 < 4 << 20, st.st_blocks  # holes, not a GiB of written zeros
+    with open(out, "rb") as f:
+        assert f.read(4096) == b"head" * 1024
+        f.seek(GIB // 2)
+        assert f.read(600) == b"middle" * 100
+        f.seek(GIB // 2 + 600)
+        assert f.read(1 << 16) == bytes(1 << 16)
+        f.seek(GIB - 4096)
+        assert f.read() == b"tail" * 1024
+
+
+def test_unpack_writes_holes_only_for_zero_runs(tmp_path):
+    """Files with zero runs unpack byte-identical; small files are written plainly."""
+    data = bytes(100_000) + b"x" + bytes(3 << 20) + b"end"
+    for payload in (data, bytes(5000), b"\0" * (1 << 20)):
+        dest = tmp_path / f"d{len(payload)}"
+        unpack_tar_stream(io.BytesIO(_tar([("f", tarfile.REGTYPE, payload)])), dest)
+        assert (dest / "f").read_bytes() == payload
+
+
+def test_overlay_upper_dir_file_replacement(tmp_path, store):
+    """A lower dir replaced by a file and a lower file replaced by a dir, through a real
+    overlay mount: the layer's tar and its unpacked snapshot stack to the same view."""
+    lower, upper, work, merged = (tmp_path / n for n in ("lower", "upper", "work", "merged"))
+    for d in (lower, upper, work, merged):
+        d.mkdir()
+    (lower / "was-dir").mkdir()
+    (lower / "was-dir" / "inner").write_text("old")
+    (lower / "was-file").write_text("old")
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], check=True)
+    try:
+        subprocess.run(["sh", "-c", "rm -rf was-dir && echo now-file > was-dir && "
+                        "rm was-file && mkdir was-file && echo in > was-file/in"], cwd=merged, check=True)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    layer = write_layer(upper, store, overlay_upper=True)
+    by_name = {m.name: m for m in tar_members(store, layer)}
+    assert by_name["was-dir"].isreg() and by_name["was-file"].isdir()
+    assert "was-file/in" in by_name and not any(n.startswith("was-dir/") for n in by_name)
+    snap = tmp_path / "snap"
+    unpack_layer(store, layer, snap)
+    m2, w2, u2 = tmp_path / "m2", tmp_path / "w2", tmp_path / "u2"
+    for d in (m2, w2, u2):
+        d.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={snap}:{lower},upperdir={u2},workdir={w2}", str(m2)], check=True)
+    try:
+        assert (m2 / "was-dir").read_text() == "now-file\n"
+        assert sorted(os.listdir(m2 / "was-file")) == ["in"]
+    finally:
+        subprocess.run(["umount", str(m2)], check=True)
+
+
+def test_gzip_stream_edge_cases(tmp_path):
+    tar = _tar([("f", tarfile.REGTYPE, b"payload" * 1000)])
+    gz = gzip.compress(tar)
+    # two members (as `cat a.gz b.gz` makes) and trailing zero padding are read
+    half = len(tar) // 2
+    for blob in (gzip.compress(tar[:half]) + gzip.compress(tar[half:]), gz + bytes(4096)):
+        dest = tmp_path / f"ok{len(blob)}"
+        unpack_tar_stream(io.BytesIO(blob), dest)
+        assert (dest / "f").read_bytes() == b"payload" * 1000
+    # truncated in the middle, truncated before the trailer, or garbage after it: refused
+    for i, blob in enumerate((gz[: len(gz) // 2], gz[:-4], gz + b"garbage!")):
+        with pytest.raises(LayerError):
+            unpack_tar_stream(io.BytesIO(blob), tmp_path / f"bad{i}")
+
+
+def test_entry_replacing_a_hard_link_does_not_write_through_it(tmp_path):
+    data = _tar([("a", tarfile.REGTYPE, b"original"), ("h", tarfile.LNKTYPE, "a"),
+                 ("h", tarfile.REGTYPE, b"replacement")])
+    dest = tmp_path / "dest"
+    unpack_tar_stream(io.BytesIO(data), dest)
+    assert (dest / "a").read_bytes() == b"original"
+    assert (dest / "h").read_bytes() == b"replacement"
+    assert os.stat(dest / "a").st_nlink == 1
+
+
+def test_pax_headers_for_values_ustar_cannot_hold(tmp_path, store):
+    """Names > 100 bytes, link targets > 100 bytes, sizes >= 8 GiB, ids >= 2**21 and
+    xattrs go into PAX records (the tar format is the contract with other readers)."""
+    from pybuild.cache.layers import _tobuf
+
+    ti = tarfile.TarInfo("x" * 150)
+    ti.size = 9 << 30
+    ti.uid = ti.gid = 3_000_000
+    ti.pax_headers["SCHILY.xattr.user.k"] = "v"
+    sym = tarfile.TarInfo("s")
+    sym.type = tarfile.SYMTYPE
+    sym.linkname = "y" * 150
+    raw = _tobuf(ti) + _tobuf(sym)
+    for record in (b" path=" + b"x" * 150, b" size=%d" % (9 << 30), b" uid=3000000", b" gid=3000000",
+                   b" SCHILY.xattr.user.k=v", b" linkpath=" + b"y" * 150):
+        assert record + b"\n" in raw, record
+    # and they are read back by GNU tar, not only by Python
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / ("n" * 120)).write_text("long")
+    os.symlink("t" * 130, src / "sym")
+    layer = write_layer(src, store)
+    out = subprocess.run(["tar", "-tvzf", str(store.path(layer.digest))], check=True,
+                         capture_output=True, text=True).stdout
+    assert "n" * 120 in out and "sym -> " + "t" * 130 in out
