@@ -53,13 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-cache", action="store_true", help="run every step, ignoring the cache")
     b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
                    help="run the steps of these stages, ignoring the cache (repeatable or comma-separated)")
-    b.add_argument("--cache-from", action="append", default=[], metavar="type=local,src=DIR",
-                   help="also take cached steps from a directory written by --cache-to (repeatable)")
-    b.add_argument("--cache-to", metavar="type=local,dest=DIR[,mode=min|max]",
-                   help="export this build's cache records and layers to DIR (an OCI layout); mode=min "
-                        "(default) the final image's steps, mode=max every step of every built stage")
+    b.add_argument("--cache-from", action="append", default=[], metavar="type=local,src=DIR|type=registry,ref=REF",
+                   help="also take cached steps (and cache mounts) from what --cache-to wrote (repeatable); "
+                        "a source that cannot be read is a warning")
+    b.add_argument("--cache-to", metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max][,mounts=true]",
+                   help="export this build's cache records and layers to DIR (an OCI layout) or REF (an OCI "
+                        "artifact); mode=min (default) the final image's steps, mode=max every step of every "
+                        "built stage; mounts=true also the RUN --mount=type=cache contents")
     b.add_argument("--network", choices=("none", "host"), default="none",
                    help="network for RUN steps (default none)")
+    add_userns_flag(b, "RUN steps")
     b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     b.add_argument("--allow", action="append", default=[], choices=("security.insecure",),
                    help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
@@ -99,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                         description="Like docker import. Example: pybuild import ./rootfs busybox:latest")
     im.add_argument("source", help="directory, tar or tar.gz file, or - for a tar on stdin")
     im.add_argument("reference", help="NAME[:TAG]")
+    im.add_argument("-m", "--message", help="the history comment (default: 'imported from SOURCE')")
     im.add_argument("-c", "--change", action="append", default=[],
                     help="Dockerfile instruction applied to the config: CMD, ENTRYPOINT, ENV, WORKDIR, USER")
 
@@ -118,6 +122,24 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("help", help="show this help, or a command's: pybuild help build")
     h.add_argument("topic", nargs="?", help="a command")
     return p
+
+
+def add_userns_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--userns", choices=("host", "auto"), default="host",
+                   help=f"user namespace for {what}: host (default) or auto (own namespace, root's range "
+                        "in /etc/subuid+/etc/subgid, else host ids 100000-165535; same results)")
+
+
+def userns_idmap(mode: str):
+    """The IdMap for ``--userns=MODE`` (None for host); a bad /etc/subuid is a usage error."""
+    if mode == "host":
+        return None
+    from pybuild.sandbox.idmap import IdMapError, default_idmap
+
+    try:
+        return default_idmap()
+    except IdMapError as e:
+        raise UsageError(f"--userns={mode}: {e}") from None
 
 
 def _add_resource_flags(p: argparse.ArgumentParser, what: str) -> None:
@@ -425,6 +447,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None) -> int:
                            ignore_file=ignore_file,
                            build_args=_build_args(args.build_arg), target=args.target,
                            no_cache=args.no_cache, network=args.network, resources=_resources(args),
+                           userns=userns_idmap(args.userns),
                            allow=frozenset(args.allow), compression=args.compression,
                            jobs=args.jobs or _config_jobs(), labels=labels, **_cache_options(args, dockerfile),
                            secrets=_secrets(args.secret), pull=args.pull,
@@ -680,6 +703,16 @@ def _input_source(arg: str, command: str, *, directory_ok: bool):
     return path
 
 
+def _source_date_epoch_env() -> int | None:
+    """$SOURCE_DATE_EPOCH for import: clamps mtimes and dates the image, so imports repeat."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={value!r}: expected a number of seconds")
+    return int(value)
+
+
 def cmd_import(args) -> int:
     from pybuild.cache.gc import build_lease
     from pybuild.cache.layers import LayerError
@@ -695,7 +728,8 @@ def cmd_import(args) -> int:
     source = _input_source(args.source, "import", directory_ok=True)
     try:
         with build_lease(store.root):  # blobs are written before the tag: keep GC away until then
-            digest = import_rootfs(source, ref, store.content, store.images, changes=changes)
+            digest = import_rootfs(source, ref, store.content, store.images, changes=changes,
+                                   message=args.message, source_date_epoch=_source_date_epoch_env())
     except LayerError as exc:
         raise PybuildError(f"import {args.source}: {exc}") from None
     print(_image_id(store, digest))

@@ -42,4 +42,8 @@ chmod 0640 "$rootfs/etc/shadow"
 # Fixed mtimes: the same busybox package always gives the same layer digest.
 find "$rootfs" -exec touch -h -d @0 {} +
 
-pybuild import --change 'CMD ["sh"]' "$rootfs" "$ref"
+# Dated by the busybox binary, with a fixed comment: the same package gives the same image on
+# every machine, so SOURCE_DATE_EPOCH builds and --cache-from agree across stores and runners.
+SOURCE_DATE_EPOCH=$(stat -c %Y /bin/busybox) \
+    pybuild import --change 'CMD ["sh"]' -m "busybox-static $(/bin/busybox | head -n 1 | cut -d' ' -f2)" \
+    "$rootfs" "$ref"

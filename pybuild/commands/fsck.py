@@ -140,6 +140,8 @@ def check_refs(store, rep: Report) -> None:
             rep.dangling.append(e)
         else:
             rep.refs |= diff_ids
+    # a container's image (possibly untagged by `rmi -f`) is its lowerdirs until `pybuild rm`
+    rep.refs |= gc.container_roots(store.root, store.content).diff_ids
     for problem in store.index.check():  # SQLite's own consistency check of cache/index.db
         rep.problems.append(f"cache index {store.index.path}: {problem} (not repaired: removing the "
                             "file resets the build cache)")
@@ -164,7 +166,7 @@ def check_refs(store, rep: Report) -> None:
 def check_snapshots(store, rep: Report) -> None:
     for diff_id in store.snapshots.walk():
         if diff_id not in rep.refs:
-            rep.problems.append(f"snapshot {diff_id}: diff_id not used by any intact image or cache record")
+            rep.problems.append(f"snapshot {diff_id}: diff_id not used by any intact image, container or cache record")
             rep.unreferenced.append(diff_id)
     for path in store.snapshots.stray_entries():
         rep.problems.append(f"snapshots: {path}: not a snapshot")

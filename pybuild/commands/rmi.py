@@ -46,6 +46,35 @@ def _ref_name(e: dict) -> str | None:
     return (e.get("annotations") or {}).get("org.opencontainers.image.ref.name")
 
 
+def _containers_using(store, manifest_digest: str, image_id: str | None) -> list[str]:
+    """Ids of container records (running or stopped) made from this image, as docker checks."""
+    import json
+
+    users = []
+    for cfg in sorted((store.root / "containers").glob("*/config.json")):
+        try:
+            used = json.loads(cfg.read_bytes()).get("ImageManifest")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if used == manifest_digest or (image_id is not None and used and _image_id(store, used) == image_id):
+            users.append(cfg.parent.name)
+    return users
+
+
+def _check_not_in_use(store, name: str, manifest_digest: str, image_id: str | None, force: bool,
+                      last_name: bool) -> bool:
+    """docker's rule: the last name of an image a container uses goes only with -f (and then the
+    image itself stays, untagged, until the container is removed).  Returns whether it stays."""
+    from pybuild.errors import PybuildError
+
+    users = _containers_using(store, manifest_digest, image_id) if last_name else []
+    if users and not force:
+        short = (image_id or manifest_digest).split(":", 1)[1][:12]
+        raise PybuildError(f"conflict: unable to remove repository reference {name!r} (must force) - "
+                           f"container {users[0][:12]} is using its referenced image {short}")
+    return bool(users)
+
+
 def _remove_one(store, text: str, force: bool, out: list[str]) -> None:
     from pybuild.errors import PybuildError
     from pybuild.oci.reference import InvalidReference, parse_reference
@@ -59,10 +88,14 @@ def _remove_one(store, text: str, force: bool, out: list[str]) -> None:
         ref = None
     tagged = {_ref_name(e) for e in store.images.entries()}
     if ref is not None and ref.digest is None and ref.tagged in tagged:
-        digest = store.images.untag(ref)  # by name: only this tag goes
-        out.append(f"Untagged: {ref.tagged}")
+        digest = store.images.resolve(ref.tagged)
         image_id = _image_id(store, digest)
-        if not any(map(_same_image(store, digest, image_id), store.images.entries())):
+        pred = _same_image(store, digest, image_id)
+        others = [e for e in store.images.entries() if pred(e) and _ref_name(e) != ref.tagged]
+        kept = _check_not_in_use(store, ref.tagged, digest, image_id, force, last_name=not others)
+        store.images.untag(ref)  # by name: only this tag goes
+        out.append(f"Untagged: {ref.tagged}")
+        if not others and not kept:
             out.append(f"Deleted: {image_id or digest}")
         return
     try:
@@ -77,9 +110,11 @@ def _remove_one(store, text: str, force: bool, out: list[str]) -> None:
         short = (image_id or digest).split(":", 1)[1][:12]
         raise PybuildError(f"conflict: unable to delete {short} (must be forced) - "
                            "image is referenced in multiple repositories")
+    kept = _check_not_in_use(store, text, digest, image_id, force, last_name=True)
     store.images.remove_entries(pred)
     out.extend(f"Untagged: {n}" for n in names)
-    out.append(f"Deleted: {image_id or digest}")
+    if not kept:
+        out.append(f"Deleted: {image_id or digest}")
 
 
 def run(args, store_factory) -> int:
