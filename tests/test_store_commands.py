@@ -362,3 +362,17 @@ def test_gc_api_sweep_and_mark(tmp_path, store):
     res = gc.collect(store)
     assert res.reclaimed == junk.size and not store.content.exists(junk.digest)
     assert store.content.exists(m)
+
+
+def test_fsck_reports_an_unrecorded_snapshot_as_garbage_not_damage(tmp_path, store):
+    """Ctrl-C between a snapshot's commit and its cache record leaves garbage, not a broken store."""
+    digest = imp(store, tree(tmp_path, "o", {"o": "o"}), "orphan:1")
+    _, _, [layer] = closure(store, digest)
+    store.snapshots.ensure(layer)
+    store.images.untag("orphan:1")
+    r = pyb(store.root, "fsck")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"snapshot {layer.diff_id}: not used by any image" in r.stdout and "garbage" in r.stdout
+    r = pyb(store.root, "fsck", "--repair")
+    assert f"repaired: deleted snapshot {layer.diff_id}" in r.stdout
+    assert pyb(store.root, "fsck").stdout == ""

@@ -28,6 +28,9 @@ class Report:
     refs: set[str] = field(default_factory=set)              # diff_ids of intact images/records
     unreferenced: list[str] = field(default_factory=list)    # snapshot diff_ids
     stray_snapshots: list = field(default_factory=list)      # paths
+    # Garbage, not damage: e.g. a snapshot committed just before Ctrl-C stopped the build from
+    # recording it.  Reported, removed by --repair (and by prune), but fsck still exits 0.
+    garbage: list[str] = field(default_factory=list)
     index_ok: bool = True
 
 
@@ -166,7 +169,8 @@ def check_refs(store, rep: Report) -> None:
 def check_snapshots(store, rep: Report) -> None:
     for diff_id in store.snapshots.walk():
         if diff_id not in rep.refs:
-            rep.problems.append(f"snapshot {diff_id}: diff_id not used by any intact image, container or cache record")
+            rep.garbage.append(f"snapshot {diff_id}: not used by any image, container or cache record "
+                               "(garbage, e.g. from an interrupted build; prune removes it)")
             rep.unreferenced.append(diff_id)
     for path in store.snapshots.stray_entries():
         rep.problems.append(f"snapshots: {path}: not a snapshot")
@@ -223,7 +227,7 @@ def run(args, store_factory) -> int:
             check_blobs(store, rep)
             check_refs(store, rep)
             check_snapshots(store, rep)
-            for line in rep.problems:
+            for line in rep.problems + rep.garbage:
                 print(line)
             done = repair(store, rep)
         for line in done:
@@ -243,7 +247,7 @@ def run(args, store_factory) -> int:
             check_snapshots(store, rep)
     except gc.GCBusy:
         print("fsck: a build is running: snapshots not checked", file=sys.stderr)
-    for line in rep.problems:
+    for line in rep.problems + rep.garbage:
         print(line)
     if rep.problems:
         print(f"fsck: {len(rep.problems)} problem(s); `pybuild fsck --repair` drops what is broken",
