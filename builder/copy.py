@@ -27,7 +27,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.cache.layers import LayerError, unpack_tar_stream
@@ -283,6 +283,7 @@ def copy_to_layer(
     extract_archives: bool = False,
     exclude: DockerIgnore | None = None,
     parents: bool = False,
+    cancelled: Callable[[], bool] | None = None,
 ) -> None:
     """Write `sources` to `dest` (absolute, in the image) as the contents of the fresh dir `layer_dir`.
 
@@ -295,6 +296,7 @@ def copy_to_layer(
     With `parents` (COPY --parents) dest is a directory and each source keeps the
     directories between its pivot and itself, made with their metadata in the source.
     `exclude` drops entries as in `_entries_of`.
+    `cancelled` is polled between entries: a big COPY stops soon after Ctrl-C (CopyError).
     """
     archives = {id(s) for s in sources if extract_archives and s.extract and _is_archive(s.entry)}
     dest_is_dir = parents or dest.endswith("/") or len(sources) > 1 or bool(archives) or any(
@@ -320,6 +322,8 @@ def copy_to_layer(
         if src.parents and not _source_excluded(src, exclude):
             _make_source_parents(src_view, src, layer_dir.joinpath(*target_dir), owner, dir_times)
         for rel, entry in _entries_of(src_view, src, exclude):
+            if cancelled is not None and cancelled():
+                raise CopyError("build cancelled")
             if rel is None:
                 name = src.dest_rel if (dest_is_dir and src.parents) else (src.name if dest_is_dir else resolved[-1])
                 out = layer_dir.joinpath(*target_dir, *name.split("/"))

@@ -504,6 +504,39 @@ class CacheMounts:
         self._touch(d, spec.id)
         return data
 
+    @contextlib.contextmanager
+    def reading(self, cache_id: str):
+        """`--cache-to ...,mounts=true`: the data directory of cache `cache_id` (instance 0), or None
+        when it does not exist; held with a shared flock, so a `sharing=locked` step is not writing it."""
+        d = self._dir(cache_id)
+        if not (d / "0").is_dir():
+            yield None
+            return
+        fd = self._lock(d, 0)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield d / "0"
+        finally:
+            os.close(fd)
+
+    def restore(self, cache_id: str, fill: Callable[[Path], None], *, mode: int, uid: int, gid: int) -> bool:
+        """`--cache-from`: create cache `cache_id` (instance 0) filled by `fill(dir)`, with the given
+        mode and owner, unless it exists. Atomic (temp dir + rename under the create lock, as
+        `acquire`); on error nothing is left. True if it was created."""
+        d = self._dir(cache_id)
+        d.mkdir(parents=True, exist_ok=True)
+        data = d / "0"
+        create_fd = os.open(d / "create.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(create_fd, fcntl.LOCK_EX)
+            if data.is_dir():
+                return False
+            self._create(d, data, MountSpec(type="cache", id=cache_id, mode=mode, uid=uid, gid=gid), fill)
+        finally:
+            os.close(create_fd)
+        self._touch(d, cache_id)
+        return True
+
     def _lock(self, d: Path, index: int) -> int:
         return os.open(d / f"{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 

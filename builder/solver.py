@@ -21,6 +21,7 @@ failure or interruption; sandbox.run() owns its namespaces and mounts.
 from __future__ import annotations
 
 import copy as _copy
+import dataclasses
 import functools
 import hashlib
 import os
@@ -45,7 +46,8 @@ from pybuild.builder.keys import step_key
 from pybuild.builder.plan import PROXY_ARGS, StagePlan, check_supported, location, plan, stage_index
 from pybuild.cache.gc import build_lease
 from pybuild.cache.index import CacheRecord
-from pybuild.cache.transfer import CacheExportSpec, CacheImportSpec, CacheSources, export_cache
+from pybuild.cache.transfer import (CacheExportSpec, CacheImportSpec, CacheSources, export_cache,
+                                    snapshot_mounts)
 from pybuild.cache.layers import LayerBlob, write_layer
 from pybuild.cache.view import LayeredView
 from pybuild.errors import BuildError
@@ -54,6 +56,7 @@ from pybuild.oci.image import Image, ImageRecord, as_oci_layers, canonical_json,
 from pybuild.oci.store import ImageNotFound
 from pybuild.progress import Reporter, Step
 from pybuild.sandbox import ProcessSpec, Resources, RootfsSpec, SandboxError, abort_all
+from pybuild.sandbox.idmap import IdMap
 from pybuild.sandbox.runner import run as sandbox_run
 from pybuild.store import Store
 
@@ -82,6 +85,7 @@ class BuildOptions:
     ignore: DockerIgnore | None = None
     ignore_file: str = ".dockerignore"
     resources: Resources | None = None       # cgroup limits for every RUN (not part of cache keys)
+    userns: IdMap | None = None              # --userns=auto: RUN in a user namespace (same result: not in keys)
     allow: frozenset[str] = frozenset()      # entitlements, e.g. "security.insecure"
     compression: str = "gzip"                # layer blobs: gzip, zstd or none (part of cache keys)
     no_cache_filter: frozenset[str] = frozenset()  # stage names whose steps must miss (lower case)
@@ -142,6 +146,7 @@ class Solver:
         self.cache = CacheSources.open(store.index, options.cache_from, warn=reporter.warning)
         self.used_records: dict[str, CacheRecord] = {}  # every step's record in this build (--cache-to)
         self.final_keys: list[str] = []                 # the target stage's step keys (--cache-to mode=min)
+        self.cache_mount_ids: set[str] = set()          # RUN --mount=type=cache ids of this build (mounts=true)
         self.explainer = MissExplainer(store.root)
         self._trigger_args: set[str] = set()  # ARGs declared by base images' ONBUILD triggers
         self._pull_lock = threading.Lock()
@@ -460,7 +465,9 @@ class Solver:
         try:
             self._run_step(step, ins, state, env, sp, results, cleanup)
         except BuildError as exc:
-            self.reporter.step_failed(step, str(exc))
+            # After Ctrl-C (or a failure elsewhere) the step was stopped by us: say so, not
+            # "killed by signal 9", which reads like the step's own fault.
+            self.reporter.step_failed(step, "cancelled" if self.cancelled.is_set() else str(exc))
             raise
 
     def _run_step(self, step: Step, ins, state: StageState, env: dict[str, str], sp: StagePlan,
@@ -641,6 +648,7 @@ class Solver:
         args, stdin_data = self._run_command(ins, state)
         mount_specs, mount_sources, mount_keys = (
             self._run_mounts(ins, state, expansion_env or {}, sp, results or {}) if ins.mounts else ([], {}, []))
+        self.cache_mount_ids.update(m.id for m in mount_specs if m.type == "cache")
         env = self._run_env(state)
         user = state.config["config"].get("User") or None
         cwd = self._workdir_of(state)
@@ -674,9 +682,14 @@ class Solver:
                 except (OSError, mountsop.MountSpecError) as exc:
                     raise BuildError(f"RUN --mount: {exc}", location(ins)) from None
                 with step_mounts:  # secrets, locks, agent proxies: released when the step ends
+                    # under a user namespace the step's mounts are idmapped like its rootfs, so
+                    # cache mounts, secrets and binds look (and are written) as without one
+                    run_mounts = [dataclasses.replace(m, idmap=True) if m.type == "bind" else m
+                                  for m in step_mounts.mounts]
                     spec = ProcessSpec(args=args, env={**run_env, **step_mounts.env}, cwd=cwd, user=user,
                                        network=network, privileged=privileged, resources=self.opts.resources,
-                                       hostname=_short_id(definition), mounts=step_mounts.mounts)
+                                       hostname=_short_id(definition), mounts=run_mounts,
+                                       userns=self.opts.userns)
                     log_path = self.store.root / "logs" / f"{_short_id(definition)}.log"
                     status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work),
                                                        stdin_data, location(ins), log_path)
@@ -883,7 +896,7 @@ class Solver:
                 return self._layer_from(lambda d: copyop.copy_to_layer(
                     src_view, now, dest, image=image, layer_dir=d, owner=owner, chmod=chmod,
                     extract_archives=is_add and _bool_flag(ins, "unpack", True, where), exclude=exclude,
-                    parents=parents))
+                    parents=parents, cancelled=self.cancelled.is_set))
             except (copyop.CopyError, OSError) as exc:
                 raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
 
@@ -1024,6 +1037,23 @@ def _created(source_date_epoch: int | None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def export_build_cache(store: Store, reporter: Reporter, spec: CacheExportSpec, solver: Solver) -> None:
+    """--cache-to: this build's records (and with mounts=true its cache mounts' contents) to a
+    directory or a registry. CacheTransferError on failure; the caller holds the build lease."""
+    mounts = (snapshot_mounts(mountsop.CacheMounts(store.root), solver.cache_mount_ids, store.content,
+                              compression=solver.opts.compression) if spec.mounts else [])
+    records = solver.export_records(spec.mode)
+    if spec.ref is not None:
+        from pybuild.registry.cache import export_cache_to_registry  # the registry client is big
+        pushed = export_cache_to_registry(store, records, spec.ref, mounts=mounts)
+        layers = len({r.layer.digest for r in records if r.layer} | {m.layer.digest for m in mounts})
+        uploaded = f" ({pushed.push.stats.uploaded} blobs uploaded)"
+    else:
+        layers, uploaded = export_cache(store.content, records, spec.dest, mounts).layers, ""
+    reporter.info(f"exported {len(records)} cache records, {len(mounts)} cache mounts and {layers} layers"
+                  f"{uploaded} to {spec.target} (mode={spec.mode})")
+
+
 def build(store: Store, reporter: Reporter, options: BuildOptions) -> ImageRecord:
     """Build the image and tag it. Tags are written only after every step and blob succeeded.
 
@@ -1033,13 +1063,14 @@ def build(store: Store, reporter: Reporter, options: BuildOptions) -> ImageRecor
     with build_lease(store.root):
         solver = Solver(store, reporter, options)
         try:
+            for mount_id, origin in solver.cache.restore_mounts(mountsop.CacheMounts(store.root)):
+                reporter.info(f"cache mount {mount_id!r} restored from {origin}")
             record = solver.solve()
         finally:
             solver.context_view.save_checksums()
+            solver.cache.close()
         if options.cache_to is not None:  # before tagging: a failed export fails the build
-            result = export_cache(store.content, solver.export_records(options.cache_to.mode), options.cache_to.dest)
-            reporter.info(f"exported {result.records} cache records and {result.layers} layers to "
-                          f"local:{options.cache_to.dest} (mode={options.cache_to.mode})")
+            export_build_cache(store, reporter, options.cache_to, solver)
         for tag in options.tags:
             store.images.tag(tag, record.manifest)
     return record

@@ -8,12 +8,27 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from pybuild.cache import CacheIndex, CacheRecord, ContentStore, LayerBlob, MEDIA_TYPE_LAYER_GZIP
-from pybuild.cache import transfer
-from pybuild.cache.transfer import (ARTIFACT_TYPE, MEDIA_TYPE_CACHE_CONFIG, CacheImport, CacheSources,
-                                    CacheTransferError, cache_manifest, export_cache, parse_cache_from,
-                                    parse_cache_to)
+from pybuild.builder.mounts import CacheMounts
+from pybuild.cache import (
+    MEDIA_TYPE_LAYER_GZIP,
+    CacheIndex,
+    CacheRecord,
+    ContentStore,
+    LayerBlob,
+    transfer,
+)
+from pybuild.cache.layers import write_layer
+from pybuild.cache.transfer import (
+    ARTIFACT_TYPE,
+    MEDIA_TYPE_CACHE_CONFIG,
+    CacheImport,
+    CacheSources,
+    CacheTransferError,
+    cache_manifest,
+    export_cache,
+    parse_cache_from,
+    parse_cache_to,
+)
 
 # -- flags ------------------------------------------------------------------------------------------
 
@@ -22,16 +37,27 @@ def test_parse_flags():
     assert parse_cache_to("type=local,dest=/c") == transfer.CacheExportSpec(Path("/c"), "min")
     assert parse_cache_to("type=local,dest=c,mode=max").mode == "max"
     assert parse_cache_from("type=local,src=/c").src == Path("/c")
-    for bad, message in [("type=registry,ref=x", "only type=local"), ("type=local", "needs dest="),
+    reg = parse_cache_to("type=registry,ref=127.0.0.1:5000/app:buildcache,mode=max,mounts=true")
+    assert (reg.ref, reg.dest, reg.mode, reg.mounts) == ("127.0.0.1:5000/app:buildcache", None, "max", True)
+    assert reg.target == "registry:127.0.0.1:5000/app:buildcache"
+    assert parse_cache_to("type=local,dest=/c,mounts=false").mounts is False
+    assert parse_cache_from("type=registry,ref=r.example/a:c") == transfer.CacheImportSpec(ref="r.example/a:c")
+    for bad, message in [("type=s3,bucket=x", "type must be local or registry"), ("type=local", "needs dest="),
+                         ("type=registry", "type=registry needs ref="),
+                         ("type=registry,ref=x,dest=d", "unknown key 'dest' for type=registry"),
+                         ("type=registry,ref=Bad//Ref", "ref=Bad//Ref"),
                          ("type=local,dest=d,mode=all", "mode must be min or max"),
+                         ("type=local,dest=d,mounts=yes", "mounts must be true or false"),
                          ("type=local,dest=d,compression=zstd", "unknown key 'compression'"),
-                         ("dest=d", "only type=local"), ("type=local,dest", "key=value")]:
+                         ("dest=d", "type must be local or registry"), ("type=local,dest", "key=value")]:
         with pytest.raises(ValueError, match=message):
             parse_cache_to(bad)
     with pytest.raises(ValueError, match="needs src="):
         parse_cache_from("type=local")
     with pytest.raises(ValueError, match="unknown key 'dest'"):
         parse_cache_from("type=local,dest=x")
+    with pytest.raises(ValueError, match="unknown key 'mode' for type=registry"):
+        parse_cache_from("type=registry,ref=r.example/a:c,mode=max")
 
 
 # -- the layout -------------------------------------------------------------------------------------
@@ -156,6 +182,72 @@ def test_broken_sources(tmp_path):
         CacheImport.load(dest)
 
 
+def _mount_layer(content: ContentStore, src: Path, cache_id: str, files: dict[str, str]) -> transfer.CacheMountLayer:
+    src.mkdir()
+    for name, text in files.items():
+        (src / name).write_text(text)
+    return transfer.CacheMountLayer(cache_id, write_layer(src, content), 0o750, 1000, 1000)
+
+
+def test_cache_mounts_in_the_layout_and_restored(tmp_path):
+    content = ContentStore(tmp_path / "a")
+    records = _records(content, 1)
+    pip = _mount_layer(content, tmp_path / "pip-src", "pip", {"wheel.txt": "w\n"})
+    npm = _mount_layer(content, tmp_path / "npm-src", "npm", {"pkg.txt": "p\n"})
+    assert cache_manifest(records, []) == cache_manifest(records)  # no mounts: the digests of before
+    config, manifest = cache_manifest(records, [pip, npm])
+    assert cache_manifest(records, [npm, pip]) == (config, manifest)
+    m = json.loads(manifest)
+    assert [d.get("annotations") for d in m["layers"]] == [None, {transfer.MOUNT_ID_ANNOTATION: "npm"},
+                                                           {transfer.MOUNT_ID_ANNOTATION: "pip"}]
+    assert [(e["id"], e["mode"], e["uid"]) for e in json.loads(config)["mounts"]] == [("npm", 0o750, 1000),
+                                                                                      ("pip", 0o750, 1000)]
+    dest = tmp_path / "cache"
+    assert export_cache(content, records, dest, [pip, npm]).layers == 3
+    imp = CacheImport.load(dest)
+    assert imp.mounts == {"pip": pip, "npm": npm} and set(imp.records) == {r.key for r in records}
+
+    # Store b has an npm mount already: only pip is created; npm is left as it is.
+    b = tmp_path / "b"
+    mount_dirs = CacheMounts(b)
+    assert mount_dirs.restore("npm", lambda d: (d / "mine.txt").write_text("local\n"), mode=0o755, uid=0, gid=0)
+    warnings: list[str] = []
+    sources = CacheSources(CacheIndex(b, ContentStore(b)), [imp], warn=warnings.append)
+    assert sources.restore_mounts(mount_dirs) == [("pip", f"local:{dest}")] and warnings == []
+    with mount_dirs.reading("pip") as data:
+        assert (data / "wheel.txt").read_text() == "w\n"
+        st = data.stat()
+        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 1000, 1000)
+    with mount_dirs.reading("npm") as data:
+        assert os.listdir(data) == ["mine.txt"]
+    with mount_dirs.reading("never-made") as data:
+        assert data is None
+    assert sources.restore_mounts(mount_dirs) == []  # idempotent
+    assert [m.id for m in transfer.snapshot_mounts(mount_dirs, ["pip", "never-made"], ContentStore(b))] == ["pip"]
+    assert transfer.snapshot_mounts(mount_dirs, ["pip"], ContentStore(b))[0].layer == pip.layer  # same bytes
+
+    # A corrupt mount layer: a warning, and no half-made mount directory.
+    c = tmp_path / "c"
+    blob = dest / "blobs" / "sha256" / pip.layer.digest[7:]
+    os.chmod(blob, 0o644)
+    blob.write_bytes(blob.read_bytes()[:-8] + b"garbage!")
+    sources = CacheSources(CacheIndex(c, ContentStore(c)), [CacheImport.load(dest)], warn=warnings.append)
+    assert sources.restore_mounts(CacheMounts(c)) == [("npm", f"local:{dest}")]
+    assert len(warnings) == 1 and "cache mount 'pip' not restored" in warnings[0] and "corrupt" in warnings[0]
+    with CacheMounts(c).reading("pip") as data:
+        assert data is None
+
+
+def test_malformed_cache_mount_entry(tmp_path):
+    content = ContentStore(tmp_path / "a")
+    pip = _mount_layer(content, tmp_path / "pip-src", "pip", {"w": "w"})
+    config, manifest = cache_manifest([], [pip])
+    bad = json.loads(config)
+    bad["mounts"][0]["id"] = "other"
+    with pytest.raises(CacheTransferError, match="where: malformed cache mount .* not the manifest's layer"):
+        transfer.read_cache_config(json.loads(manifest), json.dumps(bad).encode(), "where")
+
+
 # -- end to end -------------------------------------------------------------------------------------
 
 DOCKERFILE = """\
@@ -233,7 +325,7 @@ def test_cache_export_import_between_stores(cli, busybox_store, tmp_path):
     steps = _steps(r.stderr)
     assert len(steps) == 6 and set(steps.values()) == {"CACHED"}, steps
     assert f"cache imported from local:{dest}" in r.stderr
-    digest = lambda p: json.loads(p.read_text())["containerimage.digest"]  # noqa: E731
+    digest = lambda p: json.loads(p.read_text())["containerimage.digest"]
     assert digest(meta_b) == digest(meta_a)  # random RUN output: equal only if nothing ran
 
     # A changed file misses from its COPY on, in another new store.
@@ -285,7 +377,7 @@ def test_cache_flag_usage_errors(cli, tmp_path):
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nRUN true\n")
-    for flag, value, message in [("--cache-to", "type=registry,ref=x", "only type=local"),
+    for flag, value, message in [("--cache-to", "type=gha", "type must be local or registry"),
                                  ("--cache-from", "type=local", "needs src=")]:
         r = cli("build", flag, value, str(ctx))
         assert r.code == 2 and message in r.stderr, r.output
