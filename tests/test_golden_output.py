@@ -35,6 +35,7 @@ def normalise_plain(text: str, root: Path, ctx: Path) -> str:
     text = re.sub(r"sha256:[0-9a-f]{64}", "sha256:<digest>", text)
     text = re.sub(r"^(#\d+) \d+\.\d{3} ", r"\1 <t> ", text, flags=re.M)            # log line timestamps
     text = re.sub(r"\b\d+\.\d+s\b", "<s>", text)                                    # durations
+    text = re.sub(r"\b\d+(\.\d+)? s saved", "<s> saved", text)                        # the summary line
     text = re.sub(r"\b\d+(\.\d+)? (B|kB|MB)\b", "<size>", text)
     return re.sub(r" +\n", "\n", text)
 
