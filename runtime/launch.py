@@ -174,7 +174,7 @@ def _remove_anonymous_volumes(root: Path, c: Container) -> None:
 
 
 def _sandbox_specs(store, c: Container, lowerdirs: list[Path]):
-    from pybuild.sandbox.runner import Mount, ProcessSpec, Resources, RootfsSpec
+    from pybuild.sandbox.runner import IdMap, Mount, ProcessSpec, Resources, RootfsSpec
 
     from .volumes import VolumeStore
 
@@ -185,10 +185,14 @@ def _sandbox_specs(store, c: Container, lowerdirs: list[Path]):
         if m["Type"] == "bind":
             mounts.append(Mount("bind", m["Destination"], Path(m["Source"]), readonly=not m.get("RW", True)))
         elif m["Type"] == "volume":
-            mounts.append(Mount("bind", m["Destination"], vols.data(m["Source"]), readonly=not m.get("RW", True)))
+            # a volume is the container's own data: idmapped under --userns=auto (a host path is not)
+            mounts.append(Mount("bind", m["Destination"], vols.data(m["Source"]), readonly=not m.get("RW", True),
+                                idmap=True))
         else:
             mounts.append(Mount("tmpfs", m["Destination"], readonly=not m.get("RW", True),
                                 options=tuple(m.get("Options") or ())))
+    un = cfg.get("Userns")
+    userns = IdMap(uid_host=un["UidHost"], gid_host=un["GidHost"], size=un["Size"]) if un else None
     res = cfg.get("Resources") or {}
     resources = None
     if any(res.get(k) is not None for k in ("Memory", "Cpus", "PidsLimit")):
@@ -196,7 +200,7 @@ def _sandbox_specs(store, c: Container, lowerdirs: list[Path]):
     spec = ProcessSpec(args=list(cfg["Args"]), env=dict(cfg["Env"]), cwd=cfg.get("WorkingDir") or "/",
                        user=cfg.get("User") or None, hostname=cfg["Hostname"],
                        network=cfg["Network"] if cfg["Network"] in ("none", "host") else "none",
-                       resources=resources, mounts=mounts, tty=bool(cfg.get("Tty")))
+                       resources=resources, mounts=mounts, tty=bool(cfg.get("Tty")), userns=userns)
     if cfg.get("ReadOnly"):
         rootfs = RootfsSpec(lowerdirs, None, None)
     else:

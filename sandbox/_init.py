@@ -13,6 +13,12 @@ PID 1 of the new PID namespace.  PID 1 builds the root file system inside the pr
 namespace, pivots into it, forks the command and reaps everything; when the command exits it
 kills whatever is left in the namespace and exits with the command's status.
 
+With ``userns`` (a user namespace, ``--userns=auto``) the outer process first makes, while it
+still has the host's privileges, the user namespace (a helper child unshares it, the outer
+writes its uid_map/gid_map), the rootfs overlay over idmapped layers and the bind mounts, all as
+detached mounts (``idmapped_overlay``); then it joins the namespace as its root, so the other
+namespaces are created owned by it, and PID 1 moves the detached mounts into place.
+
 Communication with pybuild goes through one pipe (``ctl_fd`` in the config), one JSON object
 per line: ``{"stubs": [...]}`` (mount points created in the rootfs, to remove afterwards),
 ``{"error": "..."}`` (sandbox setup failure), ``{"exit": code, "signal": n|null}``.
@@ -54,6 +60,7 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -66,6 +73,26 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
+SECBIT_NO_SETUID_FIXUP = 1 << 2
+
+# the new mount API (same numbers on every architecture) and its flags
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT, _SYS_MOUNT_SETATTR = \
+    428, 429, 430, 431, 432, 442
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+FSOPEN_CLOEXEC = 1
+FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x00100000
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
@@ -80,6 +107,14 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+_libc.setfsuid.argtypes = [ctypes.c_uint]
+_libc.setfsgid.argtypes = [ctypes.c_uint]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 class SetupError(Exception):
@@ -113,12 +148,257 @@ def pivot_root(new_root: str, put_old: str) -> None:
     nr = _SYS_PIVOT_ROOT.get(platform.machine())
     if nr is None:
         raise SetupError(f"pivot_root: unsupported architecture {platform.machine()}")
-    _libc.syscall.restype = ctypes.c_long
     _check(_libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)), "pivot_root")
 
 
 def set_pdeathsig(sig: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+# ---------------------------------------------------------------------------------------------
+# user namespace and idmapped mounts (cfg["userns"] = {"uid_host", "gid_host", "size"})
+
+AT_FDCWD = -100
+
+
+def _sys(nr: int, *args) -> int:
+    ret = _libc.syscall(ctypes.c_long(nr), *args)
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return ret
+
+
+def fs_type(path: str) -> str:
+    """The file system type of the mount holding ``path`` (for error messages)."""
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                mnt = fields[4].replace("\\040", " ")
+                sep = fields.index("-")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, kind = mnt, fields[sep + 1]
+    except (OSError, ValueError, IndexError):
+        pass
+    return kind
+
+
+def set_mount_attr(fd: int, attr_set: int, *, path: str = "", recursive: bool = False,
+                   userns_fd: int = 0) -> None:
+    """mount_setattr(2) on the mount ``fd`` (or ``path``): only sets flags, never clears one (in
+    a user namespace, flags the host's mount has are locked and may not be cleared)."""
+    attr = _MountAttr(attr_set=attr_set, attr_clr=0, propagation=0, userns_fd=userns_fd)
+    flags = (0 if path else AT_EMPTY_PATH) | (AT_RECURSIVE if recursive else 0)
+    _sys(_SYS_MOUNT_SETATTR, ctypes.c_int(fd if not path else AT_FDCWD), _b(path or ""),
+         ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+
+
+def create_userns(userns: dict) -> int:
+    """A new user namespace mapping container ids 0..size-1 to the host ranges of ``userns``;
+    returns its fd (the namespace lives while some fd or process holds it).
+
+    A helper child unshare()s it and this (privileged) process, its parent, writes uid_map and
+    gid_map: a writer with CAP_SETUID/CAP_SETGID in the parent namespace may map any range, and
+    /proc/PID/setgroups stays "allow", so USER's supplementary groups still work inside."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    done_r, done_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - helper child
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            if _libc.unshare(CLONE_NEWUSER) != 0:
+                os.write(ready_w, os.strerror(ctypes.get_errno()).encode())
+            else:
+                os.write(ready_w, b"ok")
+                os.read(done_r, 1)  # EOF once the parent holds the namespace (or died)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        answer = os.read(ready_r, 200)
+        if answer != b"ok":
+            raise SetupError("user namespace: unshare(CLONE_NEWUSER): "
+                             f"{answer.decode(errors='replace') or 'the helper process died'}")
+        for kind in ("uid", "gid"):
+            line = f"0 {int(userns[kind + '_host'])} {int(userns['size'])}\n"
+            try:
+                with open(f"/proc/{pid}/{kind}_map", "w") as f:
+                    f.write(line)
+            except OSError as e:
+                raise SetupError(f"user namespace: writing {kind}_map {line.strip()!r}: {e.strerror}")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
+
+
+def open_tree_clone(path: str, *, recursive: bool) -> int:
+    """A detached bind mount of ``path`` (with its submounts when ``recursive``), as an fd."""
+    try:
+        return _sys(_SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path),
+                    ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC | (AT_RECURSIVE if recursive else 0)))
+    except OSError as e:
+        raise SetupError(f"open_tree(OPEN_TREE_CLONE) of {path}: {e.strerror}")
+
+
+def open_idmapped(path: str, userns_fd: int, *, dir_fd: int = AT_FDCWD) -> int:
+    """A detached bind mount of ``path`` (an O_PATH-like fd) idmapped through ``userns_fd``:
+    a file owned by id N on disk is seen as the namespace's id N."""
+    shown = path if dir_fd == AT_FDCWD else f"fd {dir_fd}"
+    try:
+        fd = _sys(_SYS_OPEN_TREE, ctypes.c_int(dir_fd), _b(path),
+                  ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC | (AT_EMPTY_PATH if not path else 0)))
+    except OSError as e:
+        raise SetupError(f"user namespace: open_tree(OPEN_TREE_CLONE) of {shown}: {e.strerror} "
+                         "(the kernel lacks the new mount API, Linux >= 5.2)")
+    try:
+        set_mount_attr(fd, MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+    except OSError as e:
+        os.close(fd)
+        kind = fs_type(path) if dir_fd == AT_FDCWD else "its"
+        raise SetupError(f"user namespace: idmapped mount of {shown}: mount_setattr(MOUNT_ATTR_IDMAP): "
+                         f"{e.strerror} (the kernel or the {kind} file system does not support "
+                         "idmapped mounts, Linux >= 5.12)")
+    return fd
+
+
+def _fsconfig(fsfd: int, key: str, value: str) -> None:
+    _sys(_SYS_FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_SET_STRING), _b(key), _b(value), ctypes.c_int(0))
+
+
+def _fs_log(fsfd: int) -> str:
+    """The messages the kernel queued on an fs context (why a mount was refused)."""
+    out = []
+    while True:
+        try:
+            b = os.read(fsfd, 1024)
+        except OSError:
+            break
+        if not b:
+            break
+        out.append(b.decode(errors="replace").strip())
+    return "; ".join(out)
+
+
+def _fsmount(fsfd: int, what: str, creator: tuple[int, int] | None = None) -> int:
+    """FSCONFIG_CMD_CREATE + fsmount: a detached mount of the configured fs context.
+
+    With ``creator`` (host uid, gid), the superblock is created with that fsuid/fsgid but all of
+    this process's capabilities (SECBIT_NO_SETUID_FIXUP keeps them across setfsuid)."""
+    old_bits = None
+    try:
+        if creator is not None:
+            old_bits = _libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)
+            _check(_libc.prctl(PR_SET_SECUREBITS, old_bits | SECBIT_NO_SETUID_FIXUP, 0, 0, 0),
+                   "prctl(PR_SET_SECUREBITS)")
+            _libc.setfsgid(creator[1])
+            _libc.setfsuid(creator[0])
+        _sys(_SYS_FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, ctypes.c_int(0))
+    except OSError as e:
+        raise SetupError(f"{what}: {e.strerror}: {_fs_log(fsfd) or 'no detail from the kernel'}")
+    finally:
+        if old_bits is not None:
+            _libc.setfsuid(0)
+            _libc.setfsgid(0)
+            _libc.prctl(PR_SET_SECUREBITS, old_bits, 0, 0, 0)
+    try:
+        return _sys(_SYS_FSMOUNT, ctypes.c_int(fsfd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(0))
+    except OSError as e:
+        raise SetupError(f"{what}: fsmount: {e.strerror}")
+
+
+def _fsopen(fstype: str) -> int:
+    try:
+        return _sys(_SYS_FSOPEN, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC))
+    except OSError as e:
+        raise SetupError(f"fsopen({fstype}): {e.strerror}")
+
+
+def idmapped_overlay(cfg: dict, userns_fd: int) -> int:
+    """The rootfs overlay as a detached mount (an fd for move_mount), over idmapped layers.
+
+    Every lowerdir and the upper/work dirs are idmapped into the user namespace, so files keep
+    their real ownership on disk: an upper dir written under a user namespace becomes the same
+    layer as without one.  The overlay is created by this process, still privileged in the
+    initial user namespace, so overlayfs keeps using trusted.overlay.* xattrs (opaque dirs) as
+    it does without a user namespace; its creator's fsuid/fsgid are the container root's host
+    ids, so what overlayfs itself creates in the upper dir (copy-up files, whiteouts, its work
+    dirs) maps back to 0 on disk.  Raises SetupError naming what the kernel refused.
+    """
+    userns = cfg["userns"]
+    creator = (int(userns["uid_host"]), int(userns["gid_host"]))
+    lowers = list(cfg["lowerdirs"]) or [os.path.join(cfg["tmp"], "empty")]
+    fds: list[int] = []
+    try:
+        lower_fds = []
+        for p in lowers:
+            lower_fds.append(open_idmapped(p, userns_fd))
+            fds.append(lower_fds[-1])
+        upper, work = cfg["upperdir"], cfg["workdir"]
+        if upper is None:
+            # read-only rootfs: a throw-away tmpfs upper so mount points can be created
+            tfd = _fsopen("tmpfs")
+            fds.append(tfd)
+            _fsconfig(tfd, "mode", "755")
+            base_fd = _fsmount(tfd, "tmpfs for the read-only rootfs")
+            fds.append(base_fd)
+            os.mkdir("upper", 0o755, dir_fd=base_fd)
+            os.mkdir("work", 0o700, dir_fd=base_fd)
+            try:
+                set_mount_attr(base_fd, MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                               userns_fd=userns_fd)
+            except OSError as e:
+                raise SetupError(f"user namespace: idmapped tmpfs: {e.strerror} (Linux >= 6.3)")
+            upper_rel, work_rel = "upper", "work"
+        else:
+            base = os.path.commonpath([upper, work])
+            base_fd = open_idmapped(base, userns_fd)
+            fds.append(base_fd)
+            upper_rel, work_rel = os.path.relpath(upper, base), os.path.relpath(work, base)
+        upper_fd = os.open(upper_rel, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base_fd)
+        fds.append(upper_fd)
+        work_fd = os.open(work_rel, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base_fd)
+        fds.append(work_fd)
+        ofd = _fsopen("overlay")
+        fds.append(ofd)
+        try:
+            for fd in lower_fds:
+                _fsconfig(ofd, "lowerdir+", f"/proc/self/fd/{fd}")
+            _fsconfig(ofd, "upperdir", f"/proc/self/fd/{upper_fd}")
+            _fsconfig(ofd, "workdir", f"/proc/self/fd/{work_fd}")
+            # as mount_overlay: the upper dir becomes a layer tar as it is
+            for key, value in (("redirect_dir", "off"), ("metacopy", "off"), ("index", "off")):
+                _fsconfig(ofd, key, value)
+        except OSError as e:
+            raise SetupError(f"overlayfs on idmapped layers: {e.strerror}: "
+                             f"{_fs_log(ofd) or 'no detail from the kernel'} (Linux >= 6.8)")
+        return _fsmount(ofd, "overlayfs on idmapped layers", creator)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def enter_userns(userns_fd: int) -> None:
+    """Join the user namespace and become its root (the host ids of the mapping's start).
+
+    Namespaces created afterwards are owned by it: capabilities count there only."""
+    _check(_libc.setns(userns_fd, CLONE_NEWUSER), "setns(user namespace)")
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def move_mount_fd(fd: int, target: str) -> None:
+    try:
+        _sys(_SYS_MOVE_MOUNT, ctypes.c_int(fd), _b(""), ctypes.c_int(AT_FDCWD), _b(target),
+             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+    except OSError as e:
+        raise SetupError(f"move_mount onto {target}: {e.strerror}")
 
 
 class Ctl:
@@ -289,7 +569,17 @@ def mount_proc_sys_dev(cfg: dict, root: str, stubs: list[str]) -> None:
     if sysdir is None:
         raise SetupError("/sys in the image is not a directory")
     ro = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if cfg["network"] != "host":  # our own netns (new or joined): a fresh sysfs shows its devices
+    if cfg.get("userns") and cfg["network"] != "none":
+        # a user namespace may only mount sysfs for a network namespace it owns; the host's or
+        # a joined one (bridge) belongs to the initial user namespace: share the host's /sys,
+        # recursively (its submounts are locked to it) and read-only all the way down
+        mount("/sys", sysdir, None, MS_BIND | MS_REC)
+        try:
+            set_mount_attr(-1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+                           path=sysdir, recursive=True)
+        except OSError as e:
+            raise SetupError(f"making {sysdir} read-only: {e.strerror}")
+    elif cfg["network"] != "host":  # our own netns (new or joined): a fresh sysfs shows its devices
         mount("sysfs", sysdir, "sysfs", ro)
     else:
         # sysfs shows the net namespace of the mounter; share the host's, read-only.
@@ -329,7 +619,16 @@ def mount_etc_files(cfg: dict, root: str, stubs: list[str]) -> None:
 def mount_requested(cfg: dict, root: str, stubs: list[str]) -> None:
     """The caller's bind and tmpfs mounts (runner.Mount), in order, targets resolved in root."""
     for m in cfg.get("mounts") or []:
-        if m["type"] == "bind":
+        if m.get("fd") is not None:  # idmapped bind, made by the outer process (user namespace)
+            target = ensure_mountpoint(root, m["target"], m["is_dir"], stubs)
+            if target is None:
+                kind = "directory" if m["is_dir"] else "file"
+                raise SetupError(f"cannot mount {m['source']} at {m['target']}: "
+                                 f"something other than a {kind} is in the way")
+            move_mount_fd(m["fd"], target)
+            os.close(m["fd"])
+            m["fd"] = None
+        elif m["type"] == "bind":
             is_dir = os.path.isdir(m["source"])
             target = ensure_mountpoint(root, m["target"], is_dir, stubs)
             if target is None:
@@ -352,6 +651,8 @@ def loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifr = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack("16sH14s", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifr))[1]
+        if flags & IFF_UP:
+            return  # e.g. a joined (bridge) namespace, which may not be ours to configure
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
 
 
@@ -477,7 +778,11 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
     try:
         # 1. mounts (private mount namespace; nothing propagates to the host)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
-        mount_overlay(cfg, root)
+        if cfg.get("overlay_fd") is not None:  # user namespace: made by the outer process
+            move_mount_fd(cfg["overlay_fd"], root)
+            os.close(cfg["overlay_fd"])
+        else:
+            mount_overlay(cfg, root)
         mount_proc_sys_dev(cfg, root, stubs)
         mount_etc_files(cfg, root, stubs)
         try:
@@ -492,8 +797,8 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
         if cfg["network"] != "host":
             loopback_up()
         # the seccomp filter (compiled by pybuild) must be read before the old root is gone
-        seccomp = None
-        if cfg.get("seccomp"):
+        seccomp = cfg.get("seccomp_bpf")
+        if cfg.get("seccomp") and seccomp is None:
             with open(os.path.join(cfg["tmp"], "seccomp.bpf"), "rb") as f:
                 seccomp = f.read()
         # 3. pivot_root(".", ".") stacks the old root on the new one; detach it.
@@ -584,6 +889,37 @@ def join_cgroups(procs_files: list[str]) -> None:
             raise SetupError(f"joining cgroup {os.path.dirname(path)}: {e.strerror}")
 
 
+def enter_sandbox_userns(cfg: dict) -> None:
+    """Outer process, ``userns`` set: make the user namespace and the idmapped rootfs overlay
+    (``cfg["overlay_fd"]``, moved into place by PID 1) while still privileged on the host,
+    then join the namespace as its root."""
+    if cfg.get("seccomp"):  # read now: the tmp dir's files may not be readable from inside
+        with open(os.path.join(cfg["tmp"], "seccomp.bpf"), "rb") as f:
+            cfg["seccomp_bpf"] = f.read()
+    userns_fd = create_userns(cfg["userns"])
+    try:
+        cfg["overlay_fd"] = idmapped_overlay(cfg, userns_fd)
+        # Bind sources are opened here, with the host's privileges: the namespace's root may not
+        # even be allowed to look up their paths (e.g. under a 0700 directory).
+        for m in cfg.get("mounts") or []:
+            if m["type"] != "bind":
+                continue
+            m["is_dir"] = os.path.isdir(m["source"])
+            if m.get("idmap"):
+                m["fd"] = open_idmapped(m["source"], userns_fd)
+            else:
+                m["fd"] = open_tree_clone(m["source"], recursive=True)
+            attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if m["readonly"] else 0)
+            try:
+                set_mount_attr(m["fd"], attrs, recursive=not m.get("idmap"))
+            except OSError as e:
+                    raise SetupError(f"bind mount at {m['target']}: {e.strerror}")
+        enter_userns(userns_fd)
+    finally:
+        os.close(userns_fd)
+    set_pdeathsig(signal.SIGKILL)  # a credential change clears it
+
+
 def outer(cfg: dict, ctl: Ctl) -> int:
     child_fd = None
     pending: list[int] = []
@@ -609,6 +945,10 @@ def outer(cfg: dict, ctl: Ctl) -> int:
         if cfg["network"] not in ("none", "host"):
             join_netns(cfg["network"])  # before NEWNS: the path is the host's
         join_cgroups(cfg.get("cgroup_procs") or [])
+        if cfg.get("userns"):
+            enter_sandbox_userns(cfg)  # first: every namespace below is then owned by it
+            if os.getppid() != cfg["parent_pid"]:
+                return 137  # pybuild died while PDEATHSIG was cleared by the new credentials
         if os.path.exists("/proc/self/ns/cgroup"):
             # The run's cgroup (or, without limits, pybuild's) becomes its cgroup root:
             # /proc/self/cgroup inside shows "/", not the host's hierarchy.
@@ -616,6 +956,9 @@ def outer(cfg: dict, ctl: Ctl) -> int:
         unshare(flags)
     except SetupError as e:
         ctl.send(error=str(e))
+        return 125
+    except OSError as e:  # setgroups/setresuid on entering the user namespace
+        ctl.send(error=f"user namespace: {e}")
         return 125
     if ABORT_SIGNAL in pending:
         return 137
@@ -637,6 +980,9 @@ def outer(cfg: dict, ctl: Ctl) -> int:
             code = 125
         os._exit(code)
     os.close(me)
+    for fd in [cfg.get("overlay_fd")] + [m.get("fd") for m in cfg.get("mounts") or []]:
+        if fd is not None:
+            os.close(fd)  # PID 1 has them
     child_fd = os.pidfd_open(pid)
     for sig in pending:
         handler(sig, None)

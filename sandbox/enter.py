@@ -88,6 +88,7 @@ def enter(pid: int, spec: ExecSpec, *, stdin: int | None = None, stdout: int | N
         ns_fds = [(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag)
                   for name, flag in _NAMESPACES if os.path.exists(f"/proc/{pid}/ns/{name}")]
         root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        userns_fd = _own_userns_fd(pid)
     except OSError as e:
         raise EnterError(f"the container's process {pid} is gone ({e.strerror})") from None
     procs = _cgroup_procs_of(pid)
@@ -98,7 +99,7 @@ def enter(pid: int, spec: ExecSpec, *, stdin: int | None = None, stdout: int | N
         if child == 0:
             try:
                 os.close(err_r)
-                _joiner(ns_fds, root_fd, procs, spec, seccomp, err_w, stdin, stdout, stderr)
+                _joiner(ns_fds, root_fd, procs, spec, seccomp, err_w, stdin, stdout, stderr, userns_fd)
             except BaseException as e:  # noqa: BLE001 - never return into the caller's code
                 _init.Ctl(err_w).send(error=f"entering the container: {e!r}")
             finally:
@@ -108,6 +109,8 @@ def enter(pid: int, spec: ExecSpec, *, stdin: int | None = None, stdout: int | N
         for fd, _ in ns_fds:
             os.close(fd)
         os.close(root_fd)
+        if userns_fd is not None:
+            os.close(userns_fd)
     child_fd = os.pidfd_open(child)
     if after_fork is not None:
         after_fork()
@@ -136,7 +139,16 @@ def enter(pid: int, spec: ExecSpec, *, stdin: int | None = None, stdout: int | N
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _joiner(ns_fds, root_fd, procs, spec: ExecSpec, seccomp, err_w, stdin, stdout, stderr) -> None:
+def _own_userns_fd(pid: int) -> int | None:
+    """An fd of ``pid``'s user namespace when it is not ours (a `--userns=auto` sandbox)."""
+    theirs, ours = os.stat(f"/proc/{pid}/ns/user"), os.stat("/proc/self/ns/user")
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+        return None
+    return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _joiner(ns_fds, root_fd, procs, spec: ExecSpec, seccomp, err_w, stdin, stdout, stderr,
+            userns_fd: int | None = None) -> None:
     """The forked child: join, fork the command, wait for it.  Never returns."""
     ctl = _init.Ctl(err_w)
     try:
@@ -153,6 +165,10 @@ def _joiner(ns_fds, root_fd, procs, spec: ExecSpec, seccomp, err_w, stdin, stdou
         os.chroot(".")
         os.chdir("/")
         uid, gid, sgids, home = _init.resolve_user(spec.user)
+        if userns_fd is not None:
+            # last: joining the other namespaces needed the host's privileges; from here on
+            # the command's ids and capabilities are those of the sandbox's user namespace
+            _init.enter_userns(userns_fd)
     except (OSError, _init.SetupError) as e:
         ctl.send(error=f"entering the container: {e}")
         os._exit(125)

@@ -13,7 +13,7 @@ import pwd
 import tempfile
 from dataclasses import dataclass
 
-from . import _init, cgroups, policy
+from . import _init, cgroups, idmap, policy
 
 __all__ = ["Check", "builds_can_run", "probe"]
 
@@ -69,7 +69,7 @@ def _check_root() -> Check:
     if os.geteuid() == 0:
         return Check("root", True, "running as root")
     return Check("root", False, f"running as uid {os.geteuid()}",
-                 "rootless builds are not implemented yet: run pybuild as root")
+                 "pybuild needs root (it has no rootless mode): run it as root")
 
 
 def _check_overlay() -> Check:
@@ -122,8 +122,8 @@ def _subid_ranges(path: str, user: str) -> list[tuple[int, int]]:
 
 
 def _check_userns() -> list[Check]:
-    consequence = ("only needed for rootless builds (not implemented yet); "
-                   "root builds do not use it")
+    consequence = ("needed for --userns=auto; the default --userns=host does not use it "
+                   "(pybuild itself runs as root: there is no rootless mode)")
     checks = []
     if not os.path.exists("/proc/self/ns/user"):
         checks.append(Check("user namespace", False, "not supported by this kernel", consequence, False))
@@ -143,9 +143,63 @@ def _check_userns() -> list[Check]:
     fmt = lambda rs: ", ".join(f"{s}-{s + n - 1}" for s, n in rs) or "none"
     ok = bool(uids and gids)
     checks.append(Check(f"subuid/subgid ({user})", ok, f"subuid {fmt(uids)}; subgid {fmt(gids)}",
-                        "" if ok else "rootless builds could only map one uid; " + consequence,
+                        "" if ok else ("no range for root: --userns=auto uses host ids "
+                                       f"{idmap.DEFAULT_HOST_BASE}-{idmap.DEFAULT_HOST_BASE + idmap.DEFAULT_SIZE - 1}"),
                         False))
     return checks
+
+
+def _probe_dir_base() -> str:
+    """Where to try idmapped mounts: the store's file system if it exists (snapshots live
+    there), else the temp dir's."""
+    for cand in (os.environ.get("PYBUILD_ROOT"), "/var/lib/pybuild"):
+        if cand and os.path.isdir(cand):
+            return cand
+    return tempfile.gettempdir()
+
+
+def _try_idmapped_overlay(base: str, m: idmap.IdMap) -> None:
+    """A user namespace with ``m`` and the sandbox's overlay over idmapped layers, checked to
+    show a file owned by 0 on disk as the mapping's root (in a forked child: raises on failure)."""
+    tmp = tempfile.mkdtemp(prefix="pybuild-probe-", dir=base)
+    try:
+        for d in ("lower", "upper", "work"):
+            os.mkdir(os.path.join(tmp, d))
+        with open(os.path.join(tmp, "lower", "f"), "w"):
+            pass
+        os.chown(os.path.join(tmp, "lower", "f"), 0, 0)
+        userns_fd = _init.create_userns({"uid_host": m.uid_host, "gid_host": m.gid_host, "size": m.size})
+        cfg = {"lowerdirs": [os.path.join(tmp, "lower")], "upperdir": os.path.join(tmp, "upper"),
+               "workdir": os.path.join(tmp, "work"), "tmp": tmp,
+               "userns": {"uid_host": m.uid_host, "gid_host": m.gid_host, "size": m.size}}
+        ofd = _init.idmapped_overlay(cfg, userns_fd)
+        st = os.stat("f", dir_fd=ofd)
+        os.close(ofd)
+        os.close(userns_fd)
+        if (st.st_uid, st.st_gid) != (m.uid_host, m.gid_host):
+            raise RuntimeError(f"a file owned by 0:0 shows as {st.st_uid}:{st.st_gid}, "
+                               f"not {m.uid_host}:{m.gid_host}")
+    finally:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_userns_idmap() -> Check:
+    """``--userns=auto``: a user namespace plus overlayfs on idmapped layers, really tried."""
+    consequence = "--userns=auto fails; the default --userns=host is unaffected"
+    try:
+        m = idmap.default_idmap()
+    except idmap.IdMapError as e:
+        return Check("userns idmapped overlay", False, str(e), consequence, False)
+    base = _probe_dir_base()
+    ok, err = _in_child(lambda: _try_idmapped_overlay(base, m))
+    where = f"on {base} ({_init.fs_type(os.path.realpath(base))})"
+    if ok:
+        return Check("userns idmapped overlay", True,
+                     f"works {where}; --userns=auto maps ids 0-{m.size - 1} to host uids "
+                     f"{m.uid_host}-{m.uid_host + m.size - 1}, gids {m.gid_host}-{m.gid_host + m.size - 1}",
+                     required=False)
+    return Check("userns idmapped overlay", False, f"{where}: {err or 'failed'}", consequence, False)
 
 
 def _check_cgroups() -> list[Check]:
@@ -237,6 +291,7 @@ def probe() -> list[Check]:
         checks.append(_check_namespace(name, flag, required, consequence))
     checks.extend(_check_userns())
     if os.geteuid() == 0:
+        checks.append(_check_userns_idmap())
         checks.append(_check_pivot_root())
     checks.extend(_check_cgroups())
     checks.append(_check_seccomp())

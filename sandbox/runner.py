@@ -24,8 +24,9 @@ from pathlib import Path
 
 from . import _init, cgroups, policy
 from .cgroups import CgroupError, Resources
+from .idmap import IdMap, IdMapError
 
-__all__ = ["ExitStatus", "Mount", "ProcessSpec", "Resources", "RootfsSpec", "SandboxError", "abort_all", "run"]
+__all__ = ["ExitStatus", "IdMap", "Mount", "ProcessSpec", "Resources", "RootfsSpec", "SandboxError", "abort_all", "run"]
 
 _INIT_SCRIPT = str(Path(_init.__file__).resolve())
 
@@ -49,6 +50,12 @@ class Mount:
     for a file bind) and removed from the upper dir afterwards: mount points never enter a
     layer.  Mounts are applied in list order after /proc, /dev, /sys and /etc/hosts, so a
     later mount may cover an earlier one.
+
+    ``idmap`` (only with ``ProcessSpec.userns``): the bind is an idmapped mount, so the files
+    keep their ids on disk and show the same ids inside, as the rootfs does; for data pybuild
+    manages for the container (volumes, cache mounts, secrets).  Other binds (a host path of
+    ``run -v``) are plain: there the host's ids show through the mapping (host root's files as
+    nobody, not writable by the container's root).
     """
 
     type: str
@@ -56,6 +63,7 @@ class Mount:
     source: Path | None = None
     readonly: bool = False
     options: tuple[str, ...] = ()
+    idmap: bool = False
 
 
 @dataclass
@@ -78,6 +86,12 @@ class ProcessSpec:
     tty: bool = False
     # name -> IPv4/IPv6 address, appended to the sandbox's /etc/hosts (other containers by name)
     extra_hosts: dict[str, str] = field(default_factory=dict)
+    # a user namespace (idmap.py; `--userns=auto`): the container's root is the host ids of
+    # the mapping, capabilities count only inside it, and the rootfs layers are idmapped mounts
+    # so files on disk keep their real ownership (the upper dir is the same layer as without).
+    # Bind mounts are not idmapped: host files show as owned by nobody (65534) and host
+    # root's files cannot be written.  None = the host's user namespace (`--userns=host`).
+    userns: IdMap | None = None
 
 
 @dataclass
@@ -172,6 +186,11 @@ def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
         raise SandboxError(f"invalid hostname {spec.hostname!r}")
     for m in spec.mounts:
         _validate_mount(m)
+    if spec.userns is not None:
+        try:
+            spec.userns.validate()
+        except IdMapError as e:
+            raise SandboxError(str(e)) from None
     if spec.resources is not None:
         try:
             spec.resources.validate()
@@ -444,6 +463,13 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
         for d in ("root", "empty", "rw"):
             os.mkdir(os.path.join(tmp, d), 0o755)
         _write_etc(tmp, spec)
+        if spec.userns is not None:
+            # the sandbox's root (an unprivileged host user) must reach the mount points and
+            # own the /etc files it is given, as it would own them in its image
+            root_ids = (spec.userns.uid_host, spec.userns.gid_host)
+            os.chown(tmp, *root_ids)
+            for name in ("hosts", "resolv.conf", "hostname"):
+                os.chown(os.path.join(tmp, "etc", name), *root_ids)
         ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(ctl_w, True)
         cwd = spec.cwd if spec.cwd.startswith("/") else "/" + spec.cwd
@@ -453,10 +479,13 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
             "lowerdirs": lowerdirs, "upperdir": upper, "workdir": work,
             "ctl_fd": ctl_w, "parent_pid": os.getpid(), "privileged": bool(spec.privileged),
             "tty": bool(spec.tty),
+            "userns": None if spec.userns is None else {
+                "uid_host": spec.userns.uid_host, "gid_host": spec.userns.gid_host, "size": spec.userns.size},
             "cgroup_procs": cg.procs_files() if cg is not None else [],
             "mounts": [{"type": m.type, "target": m.target,
                         "source": None if m.source is None else str(m.source),
-                        "readonly": bool(m.readonly), "options": list(m.options)} for m in spec.mounts],
+                        "readonly": bool(m.readonly), "options": list(m.options),
+                        "idmap": bool(m.idmap)} for m in spec.mounts],
         }
         bpf = None if spec.privileged else _seccomp_program()
         if bpf is not None:

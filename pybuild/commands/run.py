@@ -14,7 +14,7 @@ NAME = "run"
 
 
 def add_parser(sub) -> None:
-    from pybuild.cli import _add_resource_flags
+    from pybuild.cli import _add_resource_flags, add_userns_flag
 
     r = sub.add_parser("run", help="run a command in a new container from an image",
                        description="Like docker run. Example: pybuild run --rm -it busybox:latest sh")
@@ -40,12 +40,23 @@ def add_parser(sub) -> None:
     r.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/PROTO]",
                    help="publish a container port on the host (bridge network)")
     _add_resource_flags(r, "the container")
+    add_userns_flag(r, "the container")
     r.add_argument("--read-only", action="store_true", help="mount the container's root file system read-only")
     r.add_argument("--stop-signal", help="signal `stop` sends (default: the image's STOPSIGNAL, else SIGTERM)")
     r.add_argument("--stop-timeout", type=int, default=None, metavar="SECONDS",
                    help="seconds `stop` waits before SIGKILL (default 10)")
     r.add_argument("image", help="NAME[:TAG], image id, or oci-archive:FILE")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
+
+
+def _userns_config(mode: str) -> dict | None:
+    """The container record's user namespace mapping for ``--userns=MODE`` (None: the host's)."""
+    from pybuild.cli import userns_idmap
+
+    idmap = userns_idmap(mode)
+    if idmap is None:
+        return None
+    return {"Mode": mode, "UidHost": idmap.uid_host, "GidHost": idmap.gid_host, "Size": idmap.size}
 
 
 def bridge_available() -> bool:
@@ -184,6 +195,7 @@ def run(args, store_factory) -> int:
             "AutoRemove": args.rm, "Detach": args.detach, "StopSignal": stop_signal,
             "StopTimeout": 10 if args.stop_timeout is None else args.stop_timeout,
             "LowerDirs": [str(p) for p in lowerdirs], "Hostname": args.hostname,
+            "Userns": _userns_config(args.userns),
         }
         try:
             ctr, lock_fd = containers.create(config, args.name)
