@@ -15,12 +15,46 @@ import fcntl
 import os
 import select
 import signal
+import stat
+import struct
 import termios
 import threading
 import tty as _tty
 from typing import Callable
 
-__all__ = ["Pty"]
+__all__ = ["Pty", "PtyError"]
+
+_TIOCGPTN = 0x80045430     # _IOR('T', 0x30, unsigned int): the slave's number
+_TIOCSPTLCK = 0x40045431   # _IOW('T', 0x31, int): lock/unlock the slave
+_TIOCGPTPEER = 0x5441      # _IO('T', 0x41): open the slave through the master (Linux 4.13)
+_PTMX_RDEV = os.makedev(5, 2)
+
+
+class PtyError(OSError):
+    """A container's devpts did not give a pty."""
+
+
+def _open_in_devpts(ptmx: str) -> tuple[int, int]:
+    """A pty pair from the devpts instance whose ``ptmx`` node this is (a container's).
+
+    The path is the container's (``/proc/PID/root/dev/pts/ptmx``): whatever it resolves to is
+    checked to be a ptmx node before use, and the slave is opened through the master
+    (TIOCGPTPEER), never by a path the container could swap."""
+    try:
+        master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise PtyError(e.errno, f"opening the container's {os.path.basename(ptmx)}: {e.strerror}") from None
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != _PTMX_RDEV:
+            raise PtyError(errno.ENOTTY, "the container's /dev/pts/ptmx is not a pty multiplexer")
+        os.set_blocking(master, True)
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        return master, slave
+    except BaseException:
+        os.close(master)
+        raise
 
 
 class Pty:
@@ -28,8 +62,13 @@ class Pty:
     p.close_slave(); p.finish()``.  ``finish`` drains the container's output, restores the
     host terminal and closes everything; it is idempotent."""
 
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
+    def __init__(self, ptmx: str | None = None) -> None:
+        """``ptmx``: a container's /dev/pts/ptmx (as /proc/PID/root/...), so the slave is a pts
+        of the container's own devpts (``tty`` inside names it); None: the host's."""
+        if ptmx is None:
+            self.master, self.slave = os.openpty()
+        else:
+            self.master, self.slave = _open_in_devpts(ptmx)
         os.set_inheritable(self.master, False)
         self._thread: threading.Thread | None = None
         self._saved_attrs = None

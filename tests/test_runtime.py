@@ -102,6 +102,7 @@ def test_detached_ps_logs_stop_signal_rm(rt, tmp_path):
     logs = rt("logs", "web", check=True)
     assert logs.stdout == "to-stdout\n" and logs.stderr == "to-stderr\n"
 
+    assert _state(rt, "web")["Config"]["StopSignal"] == "SIGUSR1"  # the name, as docker shows it
     assert rt("stop", "web", check=True).stdout.strip() == "web"
     assert (vol / "stopped").read_text() == "stopped-by-usr1\n"  # the image's STOPSIGNAL, not SIGTERM
     state = _state(rt, "web")["State"]
@@ -200,6 +201,38 @@ def test_read_only_rootfs_and_tmpfs(rt):
     res = rt("run", "--rm", *NONE, "--read-only", "--tmpfs", "/tmp", "busybox:latest", "sh", "-c",
              "touch /x 2>/dev/null && echo wrote-root; touch /tmp/y && echo wrote-tmp")
     assert res.code == 0 and res.stdout == "wrote-tmp\n"
+
+
+def test_tmpfs_flags_are_mount_flags(rt):
+    """noexec is a mount flag, not tmpfs data: it used to fail with EINVAL and a sandbox path."""
+    res = rt("run", "--rm", *NONE, "--tmpfs", "/x:noexec,size=1m", "--tmpfs", "/y:noexec,exec",
+             "busybox:latest", "grep", "-E", " /(x|y) ", "/proc/mounts")
+    assert res.code == 0, res.stderr
+    x, y = res.stdout.splitlines()
+    assert "noexec" in x.split()[3].split(",") and "size=1024k" in x
+    assert "noexec" not in y.split()[3].split(",")  # the last of noexec/exec wins
+
+
+def test_bad_tmpfs_size_names_the_flag_and_makes_no_record(rt):
+    res = rt("run", *NONE, "--tmpfs", "/x:size=abc", "busybox:latest", "true")
+    assert res.code == 125
+    assert res.stderr.splitlines() == ["ERROR: --tmpfs /x:size=abc: invalid size 'abc' (expected a number "
+                                       "of bytes, with k/m/g, or a percentage: 64m, 50%)"]
+    assert "pybuild-sandbox" not in res.stderr
+    assert _container_dirs(rt.root) == [] and rt("ps", "-aq").stdout == ""
+
+
+def test_missing_bind_source_refused_for_mount_created_for_v(rt, tmp_path):
+    """docker: `-v HOST:CTR` creates a missing HOST dir, `--mount type=bind` refuses it."""
+    made, missing = tmp_path / "made-by-v", tmp_path / "missing"
+    spec = f"type=bind,source={missing},target=/x"
+    res = rt("run", "--rm", *NONE, "-v", f"{made}:/a", "--mount", spec, "busybox:latest", "true")
+    assert res.code == 125
+    assert res.stderr.splitlines() == [f"ERROR: --mount {spec}: bind source path does not exist: {missing}"]
+    assert not made.exists() and not missing.exists()  # refused before anything was created
+    assert _container_dirs(rt.root) == []
+    assert rt("run", "--rm", *NONE, "-v", f"{made}:/a", "busybox:latest", "touch", "/a/f").code == 0
+    assert (made / "f").is_file()
 
 
 def test_env_workdir_user_entrypoint(rt, tmp_path):
@@ -347,6 +380,26 @@ def test_oci_archive_image(rt, tmp_path):
     assert res.code == 0 and res.stdout == "from-archive\n"
 
 
+def test_missing_oci_archive_is_one_line(rt, tmp_path):
+    missing = tmp_path / "nonexist.tar"
+    res = rt("run", "--rm", *NONE, f"oci-archive:{missing}")
+    assert res.code == 125 and res.stderr.splitlines() == [f"ERROR: oci-archive:{missing}: no such file"]
+    res = rt("run", "--rm", *NONE, f"oci-archive:{tmp_path}")
+    assert res.code == 125 and res.stderr.splitlines() == [
+        f"ERROR: oci-archive:{tmp_path}: is a directory, not an archive file"]
+    assert _container_dirs(rt.root) == []
+
+
+def test_container_and_volume_errors_share_one_prefix(rt):
+    """Every command prints its errors as `ERROR: ...` (BuildKit's, the build's and the golden
+    output's form), not docker's mix of "Error:" and "Error response from daemon:"."""
+    for args in (("rm", "nope"), ("kill", "nope"), ("stop", "nope"), ("inspect", "nope"), ("rmi", "nope"),
+                 ("volume", "inspect", "nope"), ("volume", "rm", "nope"), ("logs", "nope")):
+        res = rt(*args)
+        assert res.code == 1, (args, res.stderr)
+        assert res.stderr.startswith("ERROR: ") and "Error" not in res.stderr, (args, res.stderr)
+
+
 def test_exec_interactive_tty(rt):
     rt("run", "-d", "--name", "tbox", *NONE, "busybox:latest", "sleep", "1000", check=True)
     pid, fd = pty.fork()
@@ -355,11 +408,14 @@ def test_exec_interactive_tty(rt):
         os.execv(sys.executable, [sys.executable, "-m", "pybuild", "exec", "-it", "tbox", "sh"])
     try:
         _read_until(fd, b"# ")
-        os.write(fd, b"[ -t 0 ] && echo exec-has-a-tty; ps -o args | grep -c 'sleep 1000'; exit 9\r")
-        out = _read_until(fd, b"exit 9")
+        # the outputs are computed ($((...))), so the echo of the typed line cannot satisfy them
+        os.write(fd, b"[ -t 0 ] && echo exec-has-a-$((1+1))tty; tty; echo tty-done-$((6*7)); exit 9\r")
+        out = _read_until(fd, b"tty-done-42")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 9
-        assert b"exec-has-a-tty" in out
+        assert b"exec-has-a-2tty" in out
+        # a pts of the container's own devpts (docker's behaviour), not "not a tty"
+        assert b"\r\n/dev/pts/0\r\n" in out, out
     finally:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -48,7 +48,13 @@ def run(args, store_factory) -> int:
         if args.tty:
             from pybuild.runtime.tty import Pty
 
-            pty = Pty()
+            from pybuild.runtime.tty import PtyError
+
+            try:
+                # in the container's devpts, as docker does: `tty` inside names /dev/pts/N
+                pty = Pty(ptmx=f"/proc/{pid}/root/dev/pts/ptmx")
+            except PtyError as e:
+                raise PybuildError(f"exec -t: {e.strerror}") from None
             stdio = (pty.slave, pty.slave, pty.slave)
         else:
             stdio = (0 if args.interactive else devnull, 1, 2)
