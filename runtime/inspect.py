@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .containers import Container
+from .options import signal_name
 
 __all__ = ["describe_container"]
 
@@ -42,7 +43,7 @@ def describe_container(c: Container) -> dict:
             "Cmd": cfg.get("Args") or [],
             "Image": cfg.get("Image", ""),
             "WorkingDir": cfg.get("WorkingDir", ""),
-            "StopSignal": cfg.get("StopSignal"),
+            "StopSignal": _stop_signal(cfg.get("StopSignal")),
             "StopTimeout": cfg.get("StopTimeout"),
         },
         "HostConfig": {
@@ -57,3 +58,8 @@ def describe_container(c: Container) -> dict:
         "NetworkSettings": {"IPAddress": st.get("IPAddress", "")},
         "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": str(c.upper), "WorkDir": str(c.work)}},
     }
+
+
+def _stop_signal(value) -> str | None:
+    """The record keeps the number `stop` sends; docker shows the name ("SIGTERM")."""
+    return signal_name(value) if isinstance(value, int) else value

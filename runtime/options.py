@@ -7,13 +7,14 @@ Every error is a ``RunOptionError`` naming the flag and the offending text.
 from __future__ import annotations
 
 import posixpath
+import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from pybuild.errors import PybuildError
 
 __all__ = ["RunOptionError", "MountRequest", "parse_volume", "parse_mount", "parse_tmpfs", "parse_env",
-           "parse_env_file", "parse_signal", "command_line", "DEFAULT_PATH"]
+           "parse_env_file", "parse_signal", "signal_name", "command_line", "DEFAULT_PATH"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -35,6 +36,7 @@ class MountRequest:
     readonly: bool = False
     options: tuple[str, ...] = ()
     create_host_dir: bool = False  # -v HOST:CTR creates a missing HOST dir; --mount refuses
+    flag: str = field(default="", compare=False)  # the flag and its value, for messages: "--mount type=..."
 
 
 def _target(flag: str, text: str, target: str) -> str:
@@ -48,6 +50,10 @@ def _target(flag: str, text: str, target: str) -> str:
 
 def parse_volume(text: str) -> MountRequest:
     """``-v HOST:CTR[:ro|rw]`` (HOST absolute), ``-v NAME:CTR[:ro|rw]``, ``-v CTR`` (anonymous)."""
+    return replace(_parse_volume(text), flag=f"-v {text}")
+
+
+def _parse_volume(text: str) -> MountRequest:
     parts = text.split(":")
     mode = ""
     if len(parts) == 3:
@@ -73,6 +79,10 @@ def parse_volume(text: str) -> MountRequest:
 
 def parse_mount(text: str) -> MountRequest:
     """``--mount type=bind|volume|tmpfs,source=...,target=...[,readonly][,tmpfs-size=N][,tmpfs-mode=M]``."""
+    return replace(_parse_mount(text), flag=f"--mount {text}")
+
+
+def _parse_mount(text: str) -> MountRequest:
     fields: dict[str, str] = {}
     readonly = False
     for item in text.split(","):
@@ -109,8 +119,8 @@ def parse_mount(text: str) -> MountRequest:
         opts = []
         if "tmpfs-size" in fields:
             size = fields.pop("tmpfs-size")
-            if not size.isdigit() and not (size[:-1].isdigit() and size[-1:].lower() in "kmg"):
-                raise RunOptionError(f"--mount {text}: invalid tmpfs-size {size!r}")
+            if not _TMPFS_SIZE_RE.fullmatch(size) or size.endswith("%"):
+                raise RunOptionError(f"--mount {text}: invalid tmpfs-size {size!r} (bytes, or with k/m/g: 64m)")
             opts.append(f"size={size}")
         if "tmpfs-mode" in fields:
             mode = fields.pop("tmpfs-mode")
@@ -125,7 +135,17 @@ def parse_mount(text: str) -> MountRequest:
     return req
 
 
-_TMPFS_OPTIONS = ("size", "mode", "nr_inodes", "uid", "gid", "noexec", "exec", "nosuid", "nodev", "ro", "rw")
+_TMPFS_FLAGS = ("noexec", "exec", "nosuid", "nodev", "ro", "rw")  # the sandbox always adds nosuid, nodev
+# the values the kernel's tmpfs takes (memparse): a number with an optional k/m/g/t/p/e suffix,
+# or (size only) a percentage of RAM; checked here so a bad one never reaches mount(2)
+_TMPFS_SIZE_RE = re.compile(r"[0-9]+[kKmMgGtTpPeE]?|[0-9]+%")
+_TMPFS_VALUES = {
+    "size": (_TMPFS_SIZE_RE, "a number of bytes, with k/m/g, or a percentage: 64m, 50%"),
+    "nr_inodes": (re.compile(r"[0-9]+[kKmMgG]?"), "a number, with k/m/g"),
+    "mode": (re.compile(r"[0-7]{1,4}"), "octal, e.g. 1777"),
+    "uid": (re.compile(r"[0-9]+"), "a number"),
+    "gid": (re.compile(r"[0-9]+"), "a number"),
+}
 
 
 def parse_tmpfs(text: str) -> MountRequest:
@@ -134,14 +154,18 @@ def parse_tmpfs(text: str) -> MountRequest:
     target = _target("--tmpfs", text, target)
     options, readonly = [], False
     for o in [o for o in opts.split(",") if o]:
-        name = o.split("=", 1)[0]
-        if name not in _TMPFS_OPTIONS:
+        name, sep, value = o.partition("=")
+        if name in _TMPFS_VALUES:
+            pattern, expected = _TMPFS_VALUES[name]
+            if not pattern.fullmatch(value):
+                raise RunOptionError(f"--tmpfs {text}: invalid {name} {value!r} (expected {expected})")
+        elif name not in _TMPFS_FLAGS or sep:
             raise RunOptionError(f"--tmpfs {text}: unknown option {o!r}")
         if o == "ro":
             readonly = True
         elif o != "rw":
             options.append(o)
-    return MountRequest("tmpfs", target, None, readonly, tuple(options))
+    return MountRequest("tmpfs", target, None, readonly, tuple(options), flag=f"--tmpfs {text}")
 
 
 def parse_env_file(name: str, text: str) -> list[str]:
@@ -199,6 +223,16 @@ def parse_signal(text: str | int | None, flag: str = "--stop-signal") -> int:
     if sig is None:
         raise RunOptionError(f"{flag} {text}: no such signal")
     return int(sig)
+
+
+def signal_name(num: int) -> str:
+    """The name docker shows for a signal number: ``SIGTERM``, ``SIGRTMIN+3``; else the number."""
+    if signal.SIGRTMIN < num < signal.SIGRTMAX:
+        return f"SIGRTMIN+{num - signal.SIGRTMIN}"
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)
 
 
 def command_line(image_config: dict, entrypoint: str | None, cmd: list[str]) -> list[str]:

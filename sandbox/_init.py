@@ -642,8 +642,12 @@ def mount_requested(cfg: dict, root: str, stubs: list[str]) -> None:
             target = ensure_mountpoint(root, m["target"], True, stubs)
             if target is None:
                 raise SetupError(f"cannot mount a tmpfs at {m['target']}: it is not a directory")
+            # noexec/exec/nosuid/nodev are mount flags, not tmpfs data (which refuses them)
             flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if m["readonly"] else 0)
-            mount("tmpfs", target, "tmpfs", flags, ",".join(m["options"]) or None)
+            if [o for o in m["options"] if o in ("noexec", "exec")][-1:] == ["noexec"]:  # the last one wins
+                flags |= MS_NOEXEC
+            data = [o for o in m["options"] if o not in ("noexec", "exec", "nosuid", "nodev")]
+            mount("tmpfs", target, "tmpfs", flags, ",".join(data) or None)
 
 
 def loopback_up() -> None:

@@ -188,7 +188,7 @@ def test_pull_policies(cli, registry, tmp_path):
     fresh = type(cli)(tmp_path / "fresh")
     res = fresh("build", "--pull=never", str(ctx))
     assert res.code == 1
-    assert "Dockerfile:1: base image" in res.stderr and "--pull=never forbids pulling it" in res.stderr
+    assert "Dockerfile:1:6: base image" in res.stderr and "--pull=never forbids pulling it" in res.stderr
     fresh("build", str(ctx), check=True)            # missing: pulls
     res = fresh("build", "--pull", "--progress", "plain", str(ctx), check=True)  # always: asks the registry again
     assert f"pulling {registry.host}/policy/bb:1" in res.stderr
@@ -231,7 +231,7 @@ def test_errors_are_one_line(cli, registry, tmp_path):
     res = cli("push", "nosuchlocal:1", f"{registry.host}/x:1")
     assert res.code == 1 and "no image 'nosuchlocal:1' in the local store" in res.stderr
     res = cli("pull", "--platform", "linux", f"{registry.host}/x:1")
-    assert res.code == 2 and "invalid platform" in res.stderr
+    assert res.code == 2 and "--platform linux: expected OS/ARCH[/VARIANT], e.g. linux/amd64" in res.stderr
 
 
 class socket_port:

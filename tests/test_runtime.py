@@ -364,7 +364,9 @@ def test_gc_keeps_the_image_of_a_container(rt, tmp_path):
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nRUN echo layer > /only-here\n")
     rt("build", "-t", "temp:1", str(ctx), check=True)
     rt("run", "--name", "holder", *NONE, "temp:1", "true", check=True)
-    rt("rmi", "temp:1", check=True)
+    refused = rt("rmi", "temp:1")  # the container's image: only with -f (as docker)
+    assert refused.code != 0 and "must force" in refused.stderr, refused.stderr
+    rt("rmi", "-f", "temp:1", check=True)
     rt("prune", "-a", "-f", check=True)
     lowers = json.loads((rt.root / "containers" / _container_dirs(rt.root)[0] / "config.json").read_text())["LowerDirs"]
     assert all(Path(p).is_dir() for p in lowers)

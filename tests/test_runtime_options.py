@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from pybuild.runtime.options import (MountRequest, RunOptionError, command_line, parse_env, parse_env_file,
-                                     parse_mount, parse_signal, parse_tmpfs, parse_volume)
+                                     parse_mount, parse_signal, parse_tmpfs, parse_volume, signal_name)
 
 
 def test_volume_forms():
@@ -44,8 +44,33 @@ def test_mount_forms():
 
 def test_tmpfs():
     assert parse_tmpfs("/run:size=1m,ro") == MountRequest("tmpfs", "/run", None, True, ("size=1m",))
+    assert parse_tmpfs("/run:size=50%,mode=1777,uid=0,gid=0,nr_inodes=1k,noexec").options == (
+        "size=50%", "mode=1777", "uid=0", "gid=0", "nr_inodes=1k", "noexec")
     with pytest.raises(RunOptionError, match="unknown option"):
         parse_tmpfs("/run:bogus")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("/x:size=abc", "--tmpfs /x:size=abc: invalid size 'abc'"),
+    ("/x:size=", "--tmpfs /x:size=: invalid size ''"),
+    ("/x:size=1.5g", "--tmpfs /x:size=1.5g: invalid size '1.5g'"),
+    ("/x:mode=999", "--tmpfs /x:mode=999: invalid mode '999' (expected octal"),
+    ("/x:uid=root", "--tmpfs /x:uid=root: invalid uid 'root'"),
+    ("/x:noexec=1", "--tmpfs /x:noexec=1: unknown option 'noexec=1'"),
+])
+def test_tmpfs_values_are_checked_before_mount(text, message):
+    """A bad value used to reach mount(2) and come back as EINVAL naming a sandbox path."""
+    with pytest.raises(RunOptionError) as e:
+        parse_tmpfs(text)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_mount_requests_carry_their_flag_for_messages():
+    assert parse_mount("type=bind,source=/h,target=/c").flag == "--mount type=bind,source=/h,target=/c"
+    assert parse_volume("/h:/c").flag == "-v /h:/c"
+    assert parse_tmpfs("/t:size=1m").flag == "--tmpfs /t:size=1m"
+    with pytest.raises(RunOptionError, match="invalid tmpfs-size 'abc'"):
+        parse_mount("type=tmpfs,target=/t,tmpfs-size=abc")
 
 
 def test_env_precedence_and_host_lookup():
@@ -63,6 +88,12 @@ def test_signals():
     assert parse_signal("RTMIN+3") == signal.SIGRTMIN + 3
     with pytest.raises(RunOptionError, match="no such signal"):
         parse_signal("SIGBOGUS")
+
+
+def test_signal_names_as_docker_shows_them():
+    assert signal_name(15) == "SIGTERM" and signal_name(int(signal.SIGUSR1)) == "SIGUSR1"
+    assert signal_name(parse_signal("RTMIN+3")) == "SIGRTMIN+3"
+    assert signal_name(int(signal.SIGRTMIN)) == "SIGRTMIN" and signal_name(int(signal.SIGRTMAX)) == "SIGRTMAX"
 
 
 def test_command_line_follows_docker():

@@ -91,7 +91,7 @@ def test_tag_then_inspect(tmp_path, store):
     r = pyb(store.root, "inspect", "base:1", "nope")
     assert r.returncode == 1
     assert len(json.loads(r.stdout)) == 1
-    assert "Error: No such object: nope" in r.stderr
+    assert "ERROR: No such object: nope" in r.stderr
 
     r = pyb(store.root, "tag", "nope", "x:1")
     assert r.returncode == 1 and "No such image: nope:latest" in r.stderr
@@ -178,7 +178,7 @@ def test_rmi_removes_only_what_it_alone_used(tmp_path, store):
     assert r.stdout.splitlines() == ["Untagged: b:2"] and blob_file(store, cb).exists()
 
     r = pyb(store.root, "rmi", "b")  # b:latest does not exist; b:1 is untouched
-    assert r.returncode == 1 and "Error: No such image: b:latest" in r.stderr
+    assert r.returncode == 1 and "ERROR: No such image: b:latest" in r.stderr
 
     r = pyb(store.root, "rmi", "nope", "b:1")  # an error does not stop the others
     assert r.returncode == 1 and "No such image: nope:latest" in r.stderr
@@ -230,9 +230,9 @@ def test_rmi_keeps_layers_of_cache_records_and_prune_clears_them(tmp_path, store
 
     # a stale ingest file of a dead writer goes too
     (store.root / "ingest" / "12345-deadbeefdeadbeef").write_bytes(b"partial")
-    r = pyb(store.root, "prune", "-f")
+    r = pyb(store.root, "prune", "-f", "-v")  # -v lists what went
     assert r.returncode == 0, r.stderr
-    assert "key1" in r.stdout and "Total reclaimed space: " in r.stdout
+    assert "cache record key1" in r.stdout and "Total reclaimed space: " in r.stdout
     assert r.stdout.strip().splitlines()[-1] != "Total reclaimed space: 0B"
     assert not blob_file(store, layer.digest).exists() and not store.snapshots.exists(layer.diff_id)
     assert store.index.keys() == ["key2"]          # a record without a layer costs nothing: kept
@@ -359,8 +359,9 @@ def test_gc_api_sweep_and_mark(tmp_path, store):
     assert layer.diff_id in roots.diff_ids
     res = gc.collect(store, dry_run=True)
     assert [b.digest for b in res.blobs] == [junk.digest] and store.content.exists(junk.digest)
+    on_disk = os.lstat(blob_file(store, junk.digest)).st_blocks * 512  # as du counts it
     res = gc.collect(store)
-    assert res.reclaimed == junk.size and not store.content.exists(junk.digest)
+    assert res.reclaimed == on_disk > 0 and not store.content.exists(junk.digest)
     assert store.content.exists(m)
 
 

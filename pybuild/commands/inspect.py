@@ -77,12 +77,12 @@ def run(args, store_factory) -> int:
         except ImageNotFound:
             obj = _container(store, name)  # docker inspect: images first, then containers
             if obj is None:
-                errors.append(f"Error: No such object: {name}")
+                errors.append(f"ERROR: No such object: {name}")
             else:
                 out.append(obj)
             continue
         except InvalidImage as exc:
-            errors.append(f"Error: {name}: {exc}")
+            errors.append(f"ERROR: {name}: {exc}")
             continue
         if obj["Variant"] is None:
             del obj["Variant"]

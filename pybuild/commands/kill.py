@@ -27,7 +27,7 @@ def run(args, store_factory) -> int:
         try:
             launch.send_signal(containers.get(ref), sig)
         except PybuildError as e:
-            print(f"Error response: {e}", file=sys.stderr)
+            print(f"ERROR: {e}", file=sys.stderr)
             failed = True
             continue
         print(ref)

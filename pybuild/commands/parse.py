@@ -49,7 +49,7 @@ def run(args, store_factory) -> int:
             with open(name, encoding="utf-8") as fh:
                 text, filename = fh.read(), name
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"pybuild parse: {name}: {exc.strerror if isinstance(exc, OSError) else exc}", file=sys.stderr)
+        print(f"ERROR: {name}: {exc.strerror if isinstance(exc, OSError) else exc}", file=sys.stderr)
         return 1
     try:
         nodes = to_nodes(parse(text, filename))

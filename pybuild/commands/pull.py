@@ -26,8 +26,8 @@ def run(args, store_factory) -> int:
         raise UsageError(str(exc)) from None
     try:
         parse_platform(args.platform)
-    except ValueError as exc:
-        raise UsageError(f"--platform: {exc}") from None
+    except ValueError:
+        raise UsageError(f"--platform {args.platform}: expected OS/ARCH[/VARIANT], e.g. linux/amd64") from None
     store = store_factory()
     store.clean_stale()
     result = pull(store, ref, platform=args.platform, progress=(lambda line: None) if args.quiet else _stderr)

@@ -27,7 +27,7 @@ def run(args, store_factory) -> int:
         try:
             launch.remove(store, containers, containers.get(ref), force=args.force)
         except PybuildError as e:
-            print(f"Error response: {e}", file=sys.stderr)
+            print(f"ERROR: {e}", file=sys.stderr)
             failed = True
             continue
         print(ref)

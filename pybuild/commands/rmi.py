@@ -133,7 +133,7 @@ def run(args, store_factory) -> int:
         except ImageStoreError as exc:
             raise PybuildError(f"{exc} (see `pybuild fsck`)") from None
         except PybuildError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
+            print(f"ERROR: {exc}", file=sys.stderr)
             status = 1
         for line in out:
             print(line)

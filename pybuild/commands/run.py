@@ -68,6 +68,8 @@ def bridge_available() -> bool:
 
 def _resolve_image(store, text: str):
     """(image, display name).  ``oci-archive:FILE`` loads the archive into the store first."""
+    import os
+
     from pybuild.errors import PybuildError
     from pybuild.oci.image import load_image
     from pybuild.oci.store import ImageNotFound
@@ -76,9 +78,17 @@ def _resolve_image(store, text: str):
         from pybuild.oci.archive import ArchiveError, load_oci_archive
 
         path = text[len("oci-archive:"):]
+        if not path:
+            raise PybuildError(f"{text}: expected oci-archive:FILE")
+        if not os.path.exists(path):
+            raise PybuildError(f"{text}: no such file")
+        if os.path.isdir(path):
+            raise PybuildError(f"{text}: is a directory, not an archive file")
         try:
             loaded = load_oci_archive(path, store.content, store.images)
-        except (ArchiveError, OSError, ValueError) as e:
+        except OSError as e:
+            raise PybuildError(f"{text}: {e.strerror or e}") from None
+        except (ArchiveError, ValueError) as e:
             raise PybuildError(f"{text}: {e}") from None
         digests = {d for _, d in loaded}
         if len(digests) != 1:
@@ -92,12 +102,13 @@ def _resolve_image(store, text: str):
         raise PybuildError(f"{text}: {e}") from None
 
 
-def _mounts_config(args, store, lowerdirs, image_volumes) -> list[dict]:
+def _mount_requests(args) -> list:
+    """-v, --mount and --tmpfs parsed and checked, before anything is created: a bad value, a
+    repeated target or a missing ``--mount type=bind`` source fails the run here, as docker's
+    does ("bind source path does not exist"); a missing ``-v`` host path is created later."""
     import os
-    import secrets
 
     from pybuild.runtime.options import RunOptionError, parse_mount, parse_tmpfs, parse_volume
-    from pybuild.runtime.volumes import VolumeStore, seed_from_image
 
     reqs = [parse_volume(v) for v in args.volume] + [parse_mount(m) for m in args.mount] + \
         [parse_tmpfs(t) for t in args.tmpfs]
@@ -105,9 +116,22 @@ def _mounts_config(args, store, lowerdirs, image_volumes) -> list[dict]:
     dup = next((t for t in targets if targets.count(t) > 1), None)
     if dup:
         raise RunOptionError(f"duplicate mount point: {dup}")
-    # the image's VOLUMEs not covered by a flag get anonymous volumes, as docker does
-    from pybuild.runtime.options import MountRequest
+    for r in reqs:
+        if r.type == "bind" and not r.create_host_dir and not os.path.exists(r.source):
+            raise RunOptionError(f"{r.flag}: bind source path does not exist: {r.source}")
+    return reqs
 
+
+def _mounts_config(reqs, store, lowerdirs, image_volumes) -> list[dict]:
+    import os
+    import secrets
+
+    from pybuild.runtime.options import MountRequest
+    from pybuild.runtime.volumes import VolumeStore, seed_from_image
+
+    reqs = list(reqs)
+    targets = [r.target for r in reqs]
+    # the image's VOLUMEs not covered by a flag get anonymous volumes, as docker does
     for path in sorted(image_volumes or {}):
         norm = os.path.normpath(path) if path.startswith("/") else None
         if norm and norm != "/" and norm not in targets:
@@ -117,9 +141,7 @@ def _mounts_config(args, store, lowerdirs, image_volumes) -> list[dict]:
     for r in reqs:
         entry = {"Type": r.type, "Destination": r.target, "RW": not r.readonly}
         if r.type == "bind":
-            if not os.path.exists(r.source):
-                if not r.create_host_dir:
-                    raise RunOptionError(f"--mount: bind source path does not exist: {r.source}")
+            if not os.path.exists(r.source):  # -v HOST:CTR only: _mount_requests refused --mount's
                 os.makedirs(r.source, exist_ok=True)
             entry["Source"] = r.source
         elif r.type == "volume":
@@ -174,6 +196,7 @@ def run(args, store_factory) -> int:
                 net.parse_publish(p)
             except net.NetworkError as e:
                 raise RunOptionError(str(e)) from None  # names the -p value
+    mount_requests = _mount_requests(args)  # before the image is loaded or any record is made
 
     with build_lease(store.root):  # until the record exists: then GC sees it as a root
         img, image_name = _resolve_image(store, args.image)
@@ -184,7 +207,7 @@ def run(args, store_factory) -> int:
         stop_signal = parse_signal(args.stop_signal if args.stop_signal else c.get("StopSignal"),
                                    "--stop-signal" if args.stop_signal else "the image's StopSignal")
         lowerdirs = store.snapshots.lowerdirs(img.layers)
-        mounts = _mounts_config(args, store, lowerdirs, c.get("Volumes"))
+        mounts = _mounts_config(mount_requests, store, lowerdirs, c.get("Volumes"))
         config = {
             "Image": image_name, "ImageId": img.id, "ImageManifest": img.manifest_digest,
             "Args": argv, "Env": parse_env(list(c.get("Env") or []), env_items, dict(os.environ)),

@@ -31,7 +31,7 @@ def run(args, store_factory) -> int:
             timeout = args.time if args.time is not None else c.config.get("StopTimeout", 10)
             launch.stop(c, sig, float("inf") if timeout is not None and timeout < 0 else float(timeout))
         except PybuildError as e:
-            print(f"Error response: {e}", file=sys.stderr)
+            print(f"ERROR: {e}", file=sys.stderr)
             failed = True
             continue
         print(ref)

@@ -54,7 +54,7 @@ def run(args, store_factory) -> int:
         out, failed = [], False
         for n in args.names:
             if not vols.exists(n):
-                print(f"Error: No such volume: {n}", file=sys.stderr)
+                print(f"ERROR: No such volume: {n}", file=sys.stderr)
                 failed = True
                 continue
             out.append({"Name": n, "Driver": "local", "Mountpoint": str(vols.data(n)), "Scope": "local",
@@ -67,7 +67,7 @@ def run(args, store_factory) -> int:
         try:
             vols.remove(n, users(containers, n))
         except VolumeError as e:
-            print(f"Error response: {e}", file=sys.stderr)
+            print(f"ERROR: {e}", file=sys.stderr)
             failed = True
             continue
         print(n if cmd == "rm" else f"Deleted Volume: {n}")
