@@ -59,6 +59,10 @@ __all__ = [
     "GCResult",
     "sweep",
     "prune_cache",
+    "PrunePlan",
+    "plan_prune",
+    "PruneResult",
+    "prune",
     "collect",
     "dir_size",
 ]
@@ -255,10 +259,32 @@ class GCResult:
     cache_records: list[str] = field(default_factory=list)      # removed cache keys (prune)
     ingest: int = 0                                              # stale ingest files removed
     tmp: int = 0                                                 # stale work dirs removed
+    blob_bytes: dict[str, int] = field(default_factory=dict)    # removed blob -> bytes on disk
+    tmp_bytes: int = 0                                           # bytes of the stale temp files removed
 
     @property
     def reclaimed(self) -> int:
-        return sum(b.size for b in self.blobs) + sum(n for _, n in self.snapshots)
+        """Disk space freed, counted as ``dir_size`` (and `pybuild du`, `du -B1`) counts it:
+        allocated blocks of the removed blobs, snapshots and stale temp files."""
+        return sum(self.blob_bytes.values()) + sum(n for _, n in self.snapshots) + self.tmp_bytes
+
+
+def temp_entries(root: Path) -> list[Path]:
+    """What ``sweep`` may clean as stale temp files: entries of ``tmp/`` and ``ingest/``, and
+    half-unpacked (or half-removed) ``snapshots/.tmp-*`` dirs.  ``du`` counts these as
+    "Temporary files"."""
+    root = Path(root)
+    out = []
+    for name in ("tmp", "ingest"):
+        try:
+            out += sorted((root / name).iterdir())
+        except OSError:
+            pass
+    try:
+        out += sorted(p for p in (root / "snapshots").iterdir() if p.name.startswith(".tmp-"))
+    except OSError:
+        pass
+    return out
 
 
 def sweep(store, roots: Roots, *, dry_run: bool = False) -> GCResult:
@@ -267,6 +293,7 @@ def sweep(store, roots: Roots, *, dry_run: bool = False) -> GCResult:
     result = GCResult()
     for blob in store.content.walk():
         if blob.digest not in roots.blobs:
+            result.blob_bytes[blob.digest] = dir_size(store.content.path(blob.digest))
             if not dry_run:
                 store.content.delete(blob.digest)
             result.blobs.append(blob)
@@ -276,29 +303,63 @@ def sweep(store, roots: Roots, *, dry_run: bool = False) -> GCResult:
             if dry_run or store.snapshots.remove(diff_id):
                 result.snapshots.append((diff_id, size))
     if not dry_run:
+        before = {p: dir_size(p) for p in temp_entries(store.root)}
         result.ingest = store.content.clean_ingest()
         result.tmp = len(store.snapshots.clean_tmp())
+        result.tmp_bytes = sum(n for p, n in before.items() if not os.path.lexists(p))
     return result
 
 
-def prune_cache(store, *, all: bool = False, older_than: datetime | None = None,
-                keep_bytes: int | None = None) -> list[str]:
-    """Delete cache records: every one with ``all``, else those with a layer that no tagged
-    image uses (records without a layer - steps that changed nothing - cost nothing and are
-    kept).  ``older_than`` (``--filter until=``) spares records built or reused since then;
-    ``keep_bytes`` (``--keep-storage``) removes candidates least recently used first, only
-    until the layers the remaining records hold (blob + snapshot) fit in that many bytes.
-    The caller holds ``exclusive(store.root)``.  Returns the removed keys."""
+@dataclass
+class PrunePlan:
+    """What ``prune`` with some options deletes, decided without changing anything: ``pybuild
+    du`` shows it as reclaimable, ``prune`` (under the exclusive lock) then does exactly this.
+
+    ``base`` is what images and containers hold (never swept), ``cache`` what every cache
+    record holds, ``roots`` what is still reachable once ``records`` are deleted (``base`` plus
+    the kept records' layers): the sweep after the deletion removes every blob and snapshot
+    outside ``roots``."""
+
+    records: list[str]            # keys of the cache records to delete (malformed ones included)
+    base: Roots
+    cache: Roots
+    roots: Roots
+    whole: bool                   # all of it (-a, no filter): also step logs, all context digests
+    missing_files: list[str]      # otherwise: the context-file digests to forget (files gone)
+
+    def blob_kind(self, digest: str) -> str:
+        """``records`` for a blob only the build cache holds (a cached step's own layer), else
+        ``layers`` (an image's or container's, or one nothing holds); the kinds of ``du``."""
+        return "records" if digest in self.cache.blobs and digest not in self.base.blobs else "layers"
+
+    def snapshot_kind(self, diff_id: str) -> str:
+        """``records`` for a snapshot only the build cache holds, else ``snapshots``."""
+        return ("records" if diff_id in self.cache.diff_ids and diff_id not in self.base.diff_ids
+                else "snapshots")
+
+
+def plan_prune(store, *, all: bool = False, older_than: datetime | None = None,
+               keep_bytes: int | None = None) -> PrunePlan:
+    """The cache records ``prune_cache`` with these options deletes, and what remains reachable
+    after (see :class:`PrunePlan`).  Reads only.  Which records: every one with ``all``, else
+    those with a layer that no tagged image uses (records without a layer - steps that changed
+    nothing - cost nothing and are kept); malformed records always.  ``older_than``
+    (``--filter until=``) spares records built or reused since then; ``keep_bytes``
+    (``--keep-storage``) takes candidates least recently used first, only until the layers the
+    remaining records hold (blob + snapshot) fit in that many bytes."""
     in_images = image_roots(store.root, store.content)
-    removed = []
+    base = Roots().update(in_images).update(container_roots(store.root, store.content))
+    entries = store.index.entries()
+    doomed: list[str] = []
     candidates: list[tuple[str, str]] = []  # (last used or created, key)
     held: dict[str, int] = {}               # layer digest -> bytes, over every record's layer
-    for entry in store.index.entries():
+    by_key = {}
+    for entry in entries:
         if isinstance(entry, tuple):  # malformed: useless, drop it
-            store.index.delete(entry[0])
-            removed.append(entry[0])
+            doomed.append(entry[0])
             continue
         key, rec = entry.record.key, entry.record
+        by_key[key] = rec
         if rec.layer is not None and rec.layer.digest not in held:
             held[rec.layer.digest] = _layer_bytes(store, rec.layer)
         if not all and (rec.layer is None or rec.layer.digest in in_images.blobs):
@@ -309,7 +370,6 @@ def prune_cache(store, *, all: bool = False, older_than: datetime | None = None,
         candidates.append((used, key))
     candidates.sort()
     if keep_bytes is not None:
-        by_key = {e.record.key: e.record for e in store.index.entries() if not isinstance(e, tuple)}
         users: dict[str, int] = {}
         for rec in by_key.values():
             if rec.layer is not None:
@@ -318,26 +378,105 @@ def prune_cache(store, *, all: bool = False, older_than: datetime | None = None,
         for _, key in candidates:
             if total <= keep_bytes:
                 break
-            store.index.delete(key)
-            removed.append(key)
+            doomed.append(key)
             layer = by_key[key].layer
             if layer is not None:
                 users[layer.digest] -= 1
                 if users[layer.digest] == 0 and layer.digest not in in_images.blobs:
                     total -= held[layer.digest]
     else:
-        for _, key in candidates:
-            store.index.delete(key)
-            removed.append(key)
-    if all and older_than is None and keep_bytes is None:
+        doomed += [key for _, key in candidates]
+    gone = set(doomed)
+    cache, roots = Roots(), Roots().update(base)
+    for key, rec in by_key.items():
+        if rec.layer is not None:
+            for r in (cache, roots) if key not in gone else (cache,):
+                r.blobs.add(rec.layer.digest)
+                r.diff_ids.add(rec.layer.diff_id)
+    whole = all and older_than is None and keep_bytes is None
+    return PrunePlan(records=doomed, base=base, cache=cache, roots=roots, whole=whole,
+                     missing_files=[] if whole else store.index.missing_files())
+
+
+def _delete_records(store, plan: PrunePlan) -> None:
+    store.index.delete_many(plan.records)
+    if plan.whole:
         # The context checksum cache only saves re-reading files; "all build cache" includes it.
         store.index.clear_file_digests()
         # Step logs (the builder's `logs/`) belong to the build cache. The small records of each
         # step's last definition (`cache/last/`) stay: they let the next miss say "pruned".
         shutil.rmtree(store.root / "logs", ignore_errors=True)
     else:
-        store.index.forget_missing_files()
-    return removed
+        store.index.forget_files(plan.missing_files)
+
+
+def prune_cache(store, *, all: bool = False, older_than: datetime | None = None,
+                keep_bytes: int | None = None) -> list[str]:
+    """Delete the cache records :func:`plan_prune` picks with these options (with ``all`` and no
+    filter also every context-file digest and the step logs; otherwise the digests of files
+    that are gone).  Blobs and snapshots are left for ``sweep``; the index file is not vacuumed
+    (see :func:`prune`).  The caller holds ``exclusive(store.root)``.  Returns the removed keys."""
+    plan = plan_prune(store, all=all, older_than=older_than, keep_bytes=keep_bytes)
+    _delete_records(store, plan)
+    return plan.records
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` removed, by the kinds of ``pybuild du`` (``layers``, ``snapshots``,
+    ``records``, ``logs``, ``tmp``): ``{"count": n, "size": bytes}`` each, sizes counted as
+    ``du`` counts them.  ``records`` counts the deleted cache records; its size is the blobs and
+    snapshots only they held plus what the index file shrank by."""
+
+    kinds: dict[str, dict[str, int]]
+    records: list[str]
+    gc: GCResult
+    index_bytes: int  # how much the index database (with its WAL) shrank
+
+    @property
+    def reclaimed(self) -> int:
+        return sum(k["size"] for k in self.kinds.values())
+
+
+def index_disk_usage(index, seen: set[tuple[int, int]] | None = None) -> int:
+    """Bytes the cache index's files take, measured as ``du`` does: after closing this
+    process's connections, so that (when no other process has it open) the write-ahead log is
+    checkpointed into the database and removed.  ``seen`` as for :func:`dir_size`."""
+    index.close()
+    seen = set() if seen is None else seen
+    return sum(dir_size(p, seen) for p in index.files())
+
+
+def prune(store, plan: PrunePlan) -> PruneResult:
+    """Carry out ``plan`` (from :func:`plan_prune`, made under the same lock): delete its cache
+    records (and, for a whole prune, the context digests and step logs), VACUUM the index so
+    its file shrinks, then sweep everything outside ``plan.roots`` and stale temp files.  The
+    caller holds ``exclusive(store.root)``.  ``RUN --mount=type=cache`` directories are the
+    builder's and left to the caller."""
+    kinds = {k: {"count": 0, "size": 0} for k in ("layers", "snapshots", "records", "logs", "tmp")}
+    index_before = index_disk_usage(store.index)
+    logs = store.root / "logs"
+    if plan.whole and logs.is_dir():
+        kinds["logs"]["count"] = sum(len(files) for _, _, files in os.walk(logs))
+        kinds["logs"]["size"] = dir_size(logs)
+    _delete_records(store, plan)
+    store.index.vacuum()
+    shrink = index_before - index_disk_usage(store.index)
+    result = sweep(store, plan.roots)
+    result.cache_records = list(plan.records)
+    for blob in result.blobs:
+        kind = plan.blob_kind(blob.digest)
+        kinds[kind]["size"] += result.blob_bytes.get(blob.digest, 0)
+        kinds[kind]["count"] += kind == "layers"
+    for diff_id, size in result.snapshots:
+        kind = plan.snapshot_kind(diff_id)
+        kinds[kind]["size"] += size
+        kinds[kind]["count"] += kind == "snapshots"
+    kinds["records"]["count"] = len(plan.records)
+    kinds["records"]["size"] += shrink
+    kinds["tmp"]["count"] = result.ingest + result.tmp
+    kinds["tmp"]["size"] = result.tmp_bytes
+    return PruneResult(kinds=kinds, records=list(plan.records), gc=result, index_bytes=shrink)
 
 
 def _layer_bytes(store, layer) -> int:

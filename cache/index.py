@@ -18,6 +18,9 @@ Contract:
   a record names are committed (fsync'ed) before the record is written, so a record never
   survives its blob by a crash.
 * ``get`` reports a miss for a record whose layer blob is gone from the content store.
+* Deleted rows leave free pages in the file, which SQLite reuses but never gives back:
+  ``pybuild prune`` calls :meth:`CacheIndex.vacuum` (under the GC's exclusive lock) after
+  deleting records, so the file shrinks; ``du`` predicts by how much (:meth:`vacuumed_size`).
 * Stores made by older versions kept one JSON file per key under ``cache/keys/``.  They are
   imported into the database the first time a store is opened, then the directory is removed:
   importing is cheap (one transaction) and keeps every cached step of an existing store, where
@@ -302,6 +305,14 @@ class CacheIndex:
         with self._write(self._conn()) as c:
             c.execute("DELETE FROM records WHERE key = ?", (key,))
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete the records of ``keys`` (absent ones are ignored) in one transaction.  The
+        rows' pages become free pages of the file: :meth:`vacuum` gives the space back."""
+        rows = [(k,) for k in keys]
+        if rows:
+            with self._write(self._conn()) as c:
+                c.executemany("DELETE FROM records WHERE key = ?", rows)
+
     def keys(self) -> list[str]:
         """Keys of every record present (readable or not), sorted."""
         return [k for (k,) in self._conn().execute("SELECT key FROM records ORDER BY key")]
@@ -332,6 +343,45 @@ class CacheIndex:
             return [str(exc)]
         return [r[0] for r in rows if r[0] != "ok"]
 
+    def vacuum(self) -> bool:
+        """Give the pages of deleted rows back to the file system: VACUUM rebuilds the database
+        without its free pages, then a TRUNCATE checkpoint copies the result from the write-ahead
+        log into the file, cuts the file to its new length and empties the log.  Call it with no
+        build running (``prune`` holds the GC's exclusive lock): VACUUM waits for other writers,
+        and a reader's open transaction keeps the log from being checkpointed (the file then
+        shrinks at a later checkpoint).  Returns whether the checkpoint was complete."""
+        conn = self._conn()
+        try:
+            conn.execute("VACUUM")
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError as exc:
+            raise CacheIndexError(f"cache index {self.path}: vacuum failed: {exc}") from None
+        return not busy
+
+    def vacuumed_size(self, *, delete: Iterable[str] = (), forget_files: Iterable[str] = (),
+                      clear_file_digests: bool = False) -> int:
+        """Bytes the database file would take after deleting the records ``delete`` and the
+        digests of ``forget_files`` (every one with ``clear_file_digests``) and a :meth:`vacuum`
+        (``du`` shows the difference as reclaimable).  Reads only: the work is done on a copy
+        in memory, which VACUUM rebuilds page for page as it would the file."""
+        src = self._conn()
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            page_size = src.execute("PRAGMA page_size").fetchone()[0]
+            mem.execute(f"PRAGMA page_size = {int(page_size)}")
+            src.backup(mem)
+            mem.execute("BEGIN")
+            mem.executemany("DELETE FROM records WHERE key = ?", ((k,) for k in delete))
+            if clear_file_digests:
+                mem.execute("DELETE FROM context_files")
+            else:
+                mem.executemany("DELETE FROM context_files WHERE path = ?", ((p,) for p in forget_files))
+            mem.execute("COMMIT")
+            mem.execute("VACUUM")
+            return mem.execute("PRAGMA page_count").fetchone()[0] * mem.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            mem.close()
+
     def files(self) -> list[Path]:
         """The database's files on disk (the db, its WAL and shared-memory index), for ``du``."""
         return [p for p in (self.path, self.path.with_name(self.path.name + "-wal"),
@@ -359,21 +409,30 @@ class CacheIndex:
     def file_digest_count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM context_files").fetchone()[0]
 
-    def forget_missing_files(self) -> int:
-        """Drop remembered digests of files that no longer exist (contexts in deleted temp dirs
-        would otherwise pile up); returns how many were dropped."""
+    def missing_files(self) -> list[str]:
+        """Paths with a remembered digest whose file no longer exists (reads only)."""
         gone = []
         for (path,) in self._conn().execute("SELECT path FROM context_files"):
             try:
                 os.lstat(path)
             except FileNotFoundError:
-                gone.append((path,))
+                gone.append(path)
             except OSError:
                 continue  # unreadable now (permissions, a stale mount): keep, it costs little
-        if gone:
+        return gone
+
+    def forget_files(self, paths: Iterable[str]) -> int:
+        """Drop the remembered digests of ``paths`` (one transaction); returns how many were given."""
+        rows = [(p,) for p in paths]
+        if rows:
             with self._write(self._conn()) as c:
-                c.executemany("DELETE FROM context_files WHERE path = ?", gone)
-        return len(gone)
+                c.executemany("DELETE FROM context_files WHERE path = ?", rows)
+        return len(rows)
+
+    def forget_missing_files(self) -> int:
+        """Drop remembered digests of files that no longer exist (contexts in deleted temp dirs
+        would otherwise pile up); returns how many were dropped."""
+        return self.forget_files(self.missing_files())
 
     def clear_file_digests(self) -> int:
         """Forget every cached context file digest (``prune -a``); returns how many there were."""

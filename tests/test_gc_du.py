@@ -1,7 +1,12 @@
 """`pybuild du`: store usage by kind, matching what `du` counts, and honest about what prune frees."""
 
+import contextlib
 import json
+import re
+import sqlite3
 import subprocess
+
+from pybuild.commands._format import human_size
 
 
 def _du(path) -> int:
@@ -34,15 +39,24 @@ def test_du_matches_du_and_prune(cli, tmp_path):
     assert kinds["logs"]["size"] == _du(cli.root / "logs") 
     assert kinds["logs"]["count"] == len(list((cli.root / "logs").iterdir())) >= 1
     snapshots = [p for p in (cli.root / "snapshots").iterdir() if not p.name.startswith(".")]
-    assert kinds["snapshots"]["count"] == len(snapshots)
-    assert kinds["snapshots"]["size"] == sum(_du(p) for p in snapshots if p.is_dir())
     blobs = list((cli.root / "blobs" / "sha256").iterdir())
-    assert kinds["images"]["size"] + kinds["layers"]["size"] == sum(_du(p) for p in blobs)
+    index = [p for p in (cli.root / "cache").iterdir() if p.name.startswith("index.db")] + [cli.root / "cache" / "last"]
+    # Every blob and snapshot is in exactly one of these rows, "Cache records" holding the index
+    # and the layers (blob and snapshot) only cached steps hold.
+    assert sum(kinds[k]["size"] for k in ("images", "layers", "snapshots", "records")) == \
+        sum(_du(p) for p in blobs + snapshots + index)
+    # The first build's COPY layer (and its RUN's, unless both builds ran within one second and
+    # made the same layer) is only in the cache: counted with the records.
+    private = {r["layer"] for r in report["records"] if r["layer"] and not r["shared"]}
+    assert 1 <= len(private) <= 2
+    assert kinds["snapshots"]["count"] == len(snapshots) - len(private)
+    assert kinds["layers"]["count"] == len(blobs) - len(private) - 4  # nor the tagged images' manifests, configs
     assert kinds["images"]["count"] == 2  # busybox:latest, app:1
     assert kinds["records"]["count"] == 7  # WORKDIR, COPY, RUN, RUN; then new COPY, RUN, RUN (WORKDIR hit)
     assert kinds["mounts"]["count"] == 1 and kinds["mounts"]["reclaimable"] == kinds["mounts"]["size"] > 0
-    # The first build's COPY and RUN layers (blob and snapshot) are only in the cache: reclaimable.
-    assert kinds["layers"]["reclaimable"] > 0 and kinds["snapshots"]["reclaimable"] > 0
+    assert kinds["records"]["reclaimable"] > 0
+    # the first build's manifest and config: no image uses them any more
+    assert kinds["layers"]["reclaimable"] > 0 and kinds["snapshots"]["reclaimable"] == 0
     assert kinds["images"]["reclaimable"] == 0
 
     r = cli("prune", "-a", "-f", check=True)
@@ -50,7 +64,7 @@ def test_du_matches_du_and_prune(cli, tmp_path):
     assert after["total"]["size"] == _du(cli.root)
     # What was reclaimable is what went: exactly, kind by kind (directories of the store itself may
     # grow or shrink a block as entries come and go, so the total is compared with du above).
-    for kind in ("images", "layers", "snapshots", "logs", "mounts"):
+    for kind in ("images", "layers", "snapshots", "records", "logs", "mounts"):
         assert after["kinds"][kind]["size"] == kinds[kind]["size"] - kinds[kind]["reclaimable"], kind
     assert after["total"]["reclaimable"] == 0 and after["kinds"]["records"]["count"] == 0
     assert "Total reclaimed space" in r.stdout
@@ -67,9 +81,113 @@ def test_du_table_and_verbose(cli, tmp_path):
     verbose = cli("du", "--verbose", check=True).stdout
     ids = [line.split("\t")[-1] for line in verbose.splitlines() if line.startswith("ID:")]
     report = _report(cli)
-    assert sorted(ids) == sorted([r["key"] for r in report["records"]] + ["/var/cache/x"])
+    assert sorted(ids) == sorted([r["key"] for r in report["records"]] + ["cache index", "/var/cache/x"])
     assert "Description:\t[3/5] COPY app.txt ./" in verbose
     assert "Last used:\tnever" in verbose  # nothing was reused yet
     assert "Type:\t\tcache mount (1 instance)" in verbose
     assert verbose.rstrip().endswith(lines[-1].rstrip())  # the summary table follows the records
     assert cli("du", "--format", "yaml").code == 2
+
+
+# -- du and prune agree ---------------------------------------------------------------------------
+
+def _prune_table(stdout: str) -> dict[str, tuple[str, str]]:
+    """prune's report: {row label: (count, size)} and the total line."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) == 3 and cells[0] != "TYPE":
+            rows[cells[0]] = (cells[1], cells[2])
+    return rows
+
+
+def _report_with(cli, *flags) -> dict:
+    return json.loads(cli("du", "--format", "json", *flags, check=True).stdout)
+
+
+def _index_rows(root) -> int:
+    with contextlib.closing(sqlite3.connect(root / "cache" / "index.db")) as db:
+        return db.execute("SELECT count(*) FROM records").fetchone()[0]
+
+
+def test_du_summary_row_is_the_sum_of_the_verbose_listing(cli, tmp_path):
+    _build_twice(cli, tmp_path)
+    report = _report(cli)
+    row, records, index = report["kinds"]["records"], report["records"], report["index"]
+    assert row["count"] == len(records) == 7
+    assert row["size"] == sum(r["size"] for r in records) + index["size"]
+    assert row["reclaimable"] == sum(r["size"] for r in records if r["reclaimable"]) + index["reclaimable"]
+    # the first build's COPY (and RUN, see above): private to the cache, listed with their size
+    private = [r for r in records if not r["shared"] and r["layer"]]
+    assert 1 <= len(private) <= 2 and all(r["size"] > 0 and r["reclaimable"] for r in private)
+    assert row["reclaimable"] >= sum(r["size"] for r in private) > 0
+    # and the text says the same: the summary's row is the one `du -v` ends with
+    summary = cli("du", check=True).stdout
+    line = next(ln for ln in summary.splitlines() if ln.startswith("Cache records"))
+    assert line.split()[2:5] == ["7", human_size(row["size"]), human_size(row["reclaimable"])]
+    assert line in cli("du", "-v", check=True).stdout
+
+
+def test_prune_reclaims_what_du_calls_reclaimable(cli, tmp_path):
+    _build_twice(cli, tmp_path)
+    before = _report(cli)
+    r = cli("prune", "-a", "-f", check=True)
+    # counts and sizes by du's kinds, not a list of digests (that is -v's)
+    assert "sha256:" not in r.stdout
+    table = _prune_table(r.stdout)
+    labels = {"layers": "Layer blobs", "snapshots": "Snapshots", "records": "Cache records",
+              "mounts": "Cache mounts", "logs": "Step logs", "tmp": "Temporary files"}
+    for kind, label in labels.items():
+        assert table[label][1] == human_size(before["kinds"][kind]["reclaimable"]), kind
+    assert table["Cache records"][0] == "7" and table["Step logs"][0] == str(before["kinds"]["logs"]["count"])
+    assert r.stdout.strip().splitlines()[-1] == \
+        f"Total reclaimed space: {human_size(before['total']['reclaimable'], 4)}"
+    after = _report(cli)
+    assert after["total"]["reclaimable"] == 0
+    assert after["kinds"]["records"]["count"] == 0 == _index_rows(cli.root) and after["records"] == []
+
+
+def test_prune_with_a_filter_frees_what_du_with_it_calls_reclaimable(cli, tmp_path):
+    _build_twice(cli, tmp_path)
+    old = "2020-01-01T00:00:00Z"
+    # the records of the first build's layers no image uses (its COPY, maybe its RUN) are old
+    aged = {r["key"] for r in _report(cli)["records"] if r["layer"] and not r["shared"]}
+    assert 1 <= len(aged) <= 2
+    with contextlib.closing(sqlite3.connect(cli.root / "cache" / "index.db")) as db, db:
+        db.executemany("UPDATE records SET created = ?, last_used = NULL WHERE key = ?", [(old, k) for k in aged])
+    before = _report_with(cli, "--filter", "until=24h")
+    assert {r["key"] for r in before["records"] if r["reclaimable"]} == aged
+    assert before["kinds"]["logs"]["reclaimable"] == before["kinds"]["mounts"]["reclaimable"] == 0  # -a only
+    r = cli("prune", "-a", "-f", "--filter", "until=24h", check=True)
+    assert r.stdout.strip().splitlines()[-1] == \
+        f"Total reclaimed space: {human_size(before['total']['reclaimable'], 4)}"
+    assert _prune_table(r.stdout)["Cache records"][0] == str(len(aged))
+    after = _report_with(cli, "--filter", "until=24h")
+    assert after["kinds"]["records"]["count"] == before["kinds"]["records"]["count"] - len(aged) == _index_rows(cli.root)
+    assert not aged & {r["key"] for r in after["records"]}
+    assert after["total"]["reclaimable"] == 0
+    # -v names what went
+    assert cli("prune", "-a", "-f", "-v", check=True).stdout.startswith("Deleted build cache objects:\ncache record ")
+
+
+def test_prune_vacuums_the_index_and_counts_its_shrink(cli):
+    from pybuild.cache.index import CacheIndex, CacheRecord
+
+    idx = CacheIndex(cli.root)
+    idx.put_many(CacheRecord(f"k{i:05d}", None, "2024-01-01T00:00:00Z", 1.0, "RUN " + "x" * 300)
+                 for i in range(4000))
+    idx.close()
+    db = cli.root / "cache" / "index.db"
+    size = db.stat().st_size
+    before = _report(cli)
+    assert before["kinds"]["records"]["count"] == 4000
+    assert before["index"]["reclaimable"] > size // 2 and before["kinds"]["records"]["reclaimable"] == \
+        before["index"]["reclaimable"]  # records without layers: only their rows take space
+    r = cli("prune", "-a", "-f", check=True)
+    assert db.stat().st_size < size // 10 and not db.with_name("index.db-wal").exists()
+    assert b"k00001" not in db.read_bytes()
+    assert _prune_table(r.stdout)["Cache records"] == ("4000", human_size(before["kinds"]["records"]["reclaimable"]))
+    assert r.stdout.strip().splitlines()[-1] == \
+        f"Total reclaimed space: {human_size(before['total']['reclaimable'], 4)}"
+    after = _report(cli)
+    assert after["kinds"]["records"]["count"] == 0 and after["total"]["reclaimable"] == 0

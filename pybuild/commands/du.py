@@ -1,10 +1,18 @@
-"""`pybuild du [--verbose] [--format table|json]`: disk usage of the store by kind, like
-`docker system df` and `docker buildx du`.
+"""`pybuild du [--verbose] [--format table|json] [--filter until=D] [--keep-storage SIZE]`: disk
+usage of the store by kind, like `docker system df` and `docker buildx du`.
 
 Every byte of `$PYBUILD_ROOT` is counted once, in the first kind that claims it (allocated blocks,
 hard links once, directories included: what `du -sB1 $PYBUILD_ROOT` counts), so the rows add up
-to the total. RECLAIMABLE is what `pybuild prune -a` would free now: everything no tagged image
-needs (layer blobs and snapshots only the build cache uses, step logs, stale temp files).
+to the total. RECLAIMABLE is exactly what `pybuild prune -a` with the same `--filter` and
+`--keep-storage` would free now: both use one plan (`cache.gc.plan_prune`), and `prune` reports
+what it removed by the same kinds and in the same units.
+
+"Cache records" holds the cache index (its database, shrunk by prune's VACUUM, and the
+last-build records) and the layer blobs and snapshots that only cache records hold; an image's
+or container's layers are "Layer blobs" and "Snapshots" even when a record names them too. With
+--verbose, every record is listed with the bytes it accounts for in that row (a layer several
+records share is counted with one of them: a record prune keeps, if any), so the listed sizes
+add up to the row's SIZE and those of the records listed as reclaimable to its RECLAIMABLE.
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ NAME = "du"
 
 KINDS = (
     ("images", "Images", "manifests and configs of tagged images"),
-    ("layers", "Layer blobs", "layer tarballs of images and cached steps (and any blob no image uses)"),
-    ("snapshots", "Snapshots", "unpacked layers used as overlay lowerdirs"),
-    ("records", "Cache records", "the cache index database and last-build records"),
+    ("layers", "Layer blobs", "layer tarballs of images and containers (and any blob nothing uses)"),
+    ("snapshots", "Snapshots", "unpacked layers of images and containers (and any nothing uses)"),
+    ("records", "Cache records", "the cache index, last-build records, and the layers (blobs and "
+                                 "snapshots) only cached steps hold"),
     ("mounts", "Cache mounts", "RUN --mount=type=cache directories"),
     ("logs", "Step logs", "whole output of every RUN"),
     ("tmp", "Temporary files", "work dirs and blob writes in progress (or left by killed builds)"),
@@ -26,11 +35,16 @@ KINDS = (
 def add_parser(sub) -> None:
     p = sub.add_parser("du", help="show disk usage of images and build cache",
                        description="Disk usage of the store by kind, like `docker system df` and "
-                                   "`docker buildx du`. RECLAIMABLE is what `pybuild prune -a` would free. "
-                                   "Example: pybuild du --verbose")
+                                   "`docker buildx du`. RECLAIMABLE is what `pybuild prune -a` with the "
+                                   "same --filter/--keep-storage would free. "
+                                   "Example: pybuild du --verbose --filter until=24h")
     p.add_argument("-v", "--verbose", action="store_true", help="also list every cache record")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json with exact byte counts")
+    p.add_argument("--filter", action="append", default=[], metavar="until=DURATION",
+                   help="count as reclaimable only cache not used within DURATION, as prune --filter")
+    p.add_argument("--keep-storage", metavar="SIZE",
+                   help="count as reclaimable only what prune --keep-storage SIZE would remove")
 
 
 def _image_blobs(store) -> tuple[set[str], set[str], set[str], int]:
@@ -75,11 +89,14 @@ def _image_blobs(store) -> tuple[set[str], set[str], set[str], int]:
     return meta - layers, layers, diff_ids, len(entries)
 
 
-def usage(store, *, builds_running: bool) -> dict:
-    """Disk usage of ``store`` by kind, and of each cache record. Pure reading; files that vanish
-    meanwhile (a build or GC running) are just not counted."""
+def usage(store, *, builds_running: bool, older_than=None, keep_bytes=None) -> dict:
+    """Disk usage of ``store`` by kind, and of each cache record; reclaimable is what
+    ``pybuild prune -a`` with ``older_than``/``keep_bytes`` would remove (see the module
+    docstring).  Pure reading; files that vanish meanwhile (a build or GC running) are just not
+    counted."""
     import os
 
+    from pybuild.cache import gc
     from pybuild.cache.gc import dir_size
     from pybuild.cache.index import IndexEntry
 
@@ -91,67 +108,95 @@ def usage(store, *, builds_running: bool) -> dict:
         kinds[kind]["size"] += size
         kinds[kind]["reclaimable"] += size if reclaimable else 0
 
-    meta, image_layers, image_diff_ids, tags = _image_blobs(store)
+    plan = gc.plan_prune(store, all=True, older_than=older_than, keep_bytes=keep_bytes)
+    meta, _, _, tags = _image_blobs(store)
     kinds["images"]["count"] = tags
     blob_du: dict[str, int] = {}
     for blob in store.content.walk():
         size = blob_du[blob.digest] = dir_size(store.content.path(blob.digest), seen)
         if blob.digest in meta:
             add("images", size, False, count=0)
-        else:
-            add("layers", size, blob.digest not in image_layers)
+            continue
+        kind = plan.blob_kind(blob.digest)
+        add(kind, size, blob.digest not in plan.roots.blobs, count=int(kind == "layers"))
     snapshot_du: dict[str, int] = {}
     for diff_id in store.snapshots.walk():
         size = snapshot_du[diff_id] = dir_size(store.snapshots.path(diff_id), seen)
-        add("snapshots", size, diff_id not in image_diff_ids)
+        kind = plan.snapshot_kind(diff_id)
+        add(kind, size, diff_id not in plan.roots.diff_ids, count=int(kind == "snapshots"))
 
     entries = store.index.entries()
+    gone = set(plan.records)
+    shrunk = store.index.vacuumed_size(delete=plan.records, forget_files=plan.missing_files,
+                                       clear_file_digests=plan.whole)
+    context_files = store.index.file_digest_count()
     # The last connection to close checkpoints the write-ahead log into the database and removes
     # it, so measure the files as they are when no pybuild runs, which is also what `du` sees then.
-    store.index.close()
-    for path in [*store.index.files(), store.root / "cache" / "last"]:
-        add("records", dir_size(path, seen), False, count=0)
+    index_size = gc.index_disk_usage(store.index, seen)
+    last_size = dir_size(store.root / "cache" / "last", seen)
+    # If another process still has the index open, its shared-memory file stays after prune
+    # (prune's checkpoint empties the write-ahead log, but cannot remove it either).
+    shm = store.index.path.with_name(store.index.path.name + "-shm")
+    index_reclaimable = max(0, index_size - shrunk - (dir_size(shm) if shm.exists() else 0))
+    add("records", index_size + last_size, False, count=0)
+    kinds["records"]["reclaimable"] += index_reclaimable
     kinds["records"]["count"] = len(entries)
+
+    # A blob or snapshot several records hold is counted with one of them: the first one prune
+    # keeps if there is one (then it is not reclaimable), else the first one.
+    owner: dict[tuple[str, str], str] = {}
+    for e in entries:
+        if isinstance(e, IndexEntry) and e.record.layer is not None:
+            key = e.record.key
+            for ident in (("blob", e.record.layer.digest), ("snapshot", e.record.layer.diff_id)):
+                if ident not in owner or (owner[ident] in gone and key not in gone):
+                    owner[ident] = key
     records = []
-    counted_layer: set[str] = set()
     for e in entries:
         if not isinstance(e, IndexEntry):
-            records.append({"key": e[0], "malformed": e[1]})
+            records.append({"key": e[0], "malformed": e[1], "size": 0, "reclaimable": e[0] in gone})
             continue
         rec, layer = e.record, e.record.layer
-        size = 0
-        if layer is not None and layer.digest not in counted_layer:  # shared layers counted once
-            counted_layer.add(layer.digest)
-            size = blob_du.get(layer.digest, 0) + snapshot_du.get(layer.diff_id, 0)
+        size = layer_size = 0
+        if layer is not None:
+            blob, snap = blob_du.get(layer.digest, 0), snapshot_du.get(layer.diff_id, 0)
+            layer_size = blob + snap
+            # what this record accounts for in the "records" row: its layer's blob and snapshot
+            # when only cache records hold them and it is the one they are counted with
+            if plan.blob_kind(layer.digest) == "records" and owner[("blob", layer.digest)] == rec.key:
+                size += blob
+            if plan.snapshot_kind(layer.diff_id) == "records" and owner[("snapshot", layer.diff_id)] == rec.key:
+                size += snap
         records.append({
             "key": rec.key, "description": rec.description, "created": rec.created, "last_used": e.last_used,
-            "usage_count": e.use_count, "size": size,
+            "usage_count": e.use_count, "size": size, "layer_size": layer_size,
             "layer": layer.digest if layer else None,
-            "shared": bool(layer and layer.digest in image_layers),
-            "reclaimable": not (layer and layer.digest in image_layers),
+            "shared": bool(layer and layer.digest in plan.base.blobs),
+            "reclaimable": rec.key in gone,
         })
+    index = {"files": [str(f) for f in [*store.index.files(), store.root / "cache" / "last"]],
+             "size": index_size + last_size, "reclaimable": index_reclaimable,
+             "records": len(entries), "context_files": context_files}
 
     from pybuild.builder.mounts import cache_mount_usage
 
     mounts = []
     for m in cache_mount_usage(store.root):  # prune -a removes each whole directory
         size = dir_size(m.path, seen)
-        add("mounts", size, True)
+        add("mounts", size, plan.whole)
         mounts.append({"id": m.id, "size": size, "instances": m.instances, "created": m.created,
-                       "last_used": m.last_used})
+                       "last_used": m.last_used, "reclaimable": plan.whole})
 
     logs = store.root / "logs"
     log_files = sum(len(files) for _, _, files in os.walk(logs)) if logs.is_dir() else 0
-    add("logs", dir_size(logs, seen), True, count=log_files)
-    for name in ("tmp", "ingest"):  # their contents; the directories themselves stay ("other")
-        path = store.root / name
-        for child in (list(path.iterdir()) if path.is_dir() else []):
-            add("tmp", dir_size(child, seen), not builds_running)
+    add("logs", dir_size(logs, seen), plan.whole, count=log_files)
+    for child in gc.temp_entries(store.root):  # their contents; the directories themselves stay ("other")
+        add("tmp", dir_size(child, seen), not builds_running)
     add("other", dir_size(store.root, seen), False, count=0)  # whatever no kind above claimed
     total = {"size": sum(k["size"] for k in kinds.values()),
              "reclaimable": sum(k["reclaimable"] for k in kinds.values())}
     return {"root": str(store.root), "kinds": kinds, "total": total, "records": records,
-            "cache_mounts": mounts, "builds_running": builds_running}
+            "index": index, "cache_mounts": mounts, "builds_running": builds_running}
 
 
 def run(args, store_factory) -> int:
@@ -161,7 +206,9 @@ def run(args, store_factory) -> int:
     from pybuild.errors import PybuildError
 
     from ._format import ago, human_size, table
+    from .prune import _options
 
+    older_than, keep_bytes = _options(args)
     store = store_factory()
     try:  # a momentary probe: are builds holding leases (their temp files are in use)?
         with gc.exclusive(store.root, wait=False):
@@ -170,7 +217,7 @@ def run(args, store_factory) -> int:
     except gc.GCBusy:
         running = True
     try:
-        report = usage(store, builds_running=running)
+        report = usage(store, builds_running=running, older_than=older_than, keep_bytes=keep_bytes)
     except ValueError as exc:  # index.json unreadable
         raise PybuildError(f"du: {exc} (see `pybuild fsck`)") from None
     if args.format == "json":
@@ -181,20 +228,32 @@ def run(args, store_factory) -> int:
             if "malformed" in r:
                 print(f"ID:\t\t{r['key']}\nError:\t\t{r['malformed']}\n")
                 continue
+            note = ""
+            if r["size"] != r["layer_size"]:
+                where = ("an image or container uses it" if r["shared"]
+                         else "another record holds it too and counts it")
+                note = f" (its layer: {human_size(r['layer_size'])}, counted elsewhere: {where})"
             print(f"ID:\t\t{r['key']}\n"
                   f"Created at:\t{r['created']}\n"
                   f"Reclaimable:\t{str(r['reclaimable']).lower()}\n"
                   f"Shared:\t\t{str(r['shared']).lower()}\n"
-                  f"Size:\t\t{human_size(r['size'])}\n"
+                  f"Size:\t\t{human_size(r['size'])}{note}\n"
                   f"Description:\t{r['description']}\n"
                   f"Usage count:\t{r['usage_count']}\n"
                   f"Last used:\t{ago(r['last_used']) if r['last_used'] else 'never'}\n"
                   f"Layer:\t\t{r['layer'] or 'none (the step changed no file)'}\n")
+        ix = report["index"]
+        print(f"ID:\t\tcache index\n"
+              f"Type:\t\tcache/index.db ({ix['records']} record{'s' if ix['records'] != 1 else ''}, "
+              f"{ix['context_files']} context file digest{'s' if ix['context_files'] != 1 else ''}) "
+              f"and cache/last/\n"
+              f"Reclaimable:\t{human_size(ix['reclaimable'])} (the rows prune deletes, given back by VACUUM)\n"
+              f"Size:\t\t{human_size(ix['size'])}\n")
         for m in report["cache_mounts"]:
             print(f"ID:\t\t{m['id']}\n"
                   f"Type:\t\tcache mount ({m['instances']} instance{'s' if m['instances'] != 1 else ''})\n"
                   f"Created at:\t{m['created'] or 'unknown'}\n"
-                  f"Reclaimable:\ttrue\n"
+                  f"Reclaimable:\t{str(m['reclaimable']).lower()}\n"
                   f"Size:\t\t{human_size(m['size'])}\n"
                   f"Last used:\t{ago(m['last_used']) if m['last_used'] else 'never'}\n")
     rows = [("TYPE", "TOTAL", "SIZE", "RECLAIMABLE")]

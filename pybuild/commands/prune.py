@@ -1,5 +1,11 @@
-"""`pybuild prune [-a] [-f]`: remove build cache records, then everything no image or remaining
-record uses (like `docker builder prune`)."""
+"""`pybuild prune [-a] [-f] [-v] [--filter until=D] [--keep-storage SIZE]`: remove build cache
+records, then everything no image or remaining record uses (like `docker builder prune`).
+
+What it removes is decided by one plan (`cache.gc.plan_prune`) that `pybuild du` also uses: what
+`du` with the same --filter/--keep-storage calls reclaimable is what `prune -a` frees. The index
+database is VACUUMed after the rows go (under the GC's exclusive lock), so it shrinks. The report
+is by du's kinds (how many of each, and their size as du counts it) and ends with the total;
+-v also lists what went (cache record keys, blob digests, snapshots, cache mounts)."""
 
 from __future__ import annotations
 
@@ -11,10 +17,14 @@ def add_parser(sub) -> None:
                        description="Like docker builder prune: without -a, removes the cache records "
                                    "whose layer no tagged image uses; with -a, all of them and the RUN "
                                    "--mount=type=cache directories. Then deletes "
-                                   "blobs, snapshots and stale temp files nothing references. Waits for "
-                                   "running builds to finish.")
+                                   "blobs, snapshots and stale temp files nothing references and VACUUMs the "
+                                   "cache index; reports what went by `pybuild du`'s kinds. `pybuild du` "
+                                   "with the same --filter/--keep-storage shows what `prune -a` frees. "
+                                   "Waits for running builds to finish.")
     p.add_argument("-a", "--all", action="store_true", help="remove all build cache, not only unused")
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also list every removed cache record, blob, snapshot and cache mount")
     p.add_argument("--filter", action="append", default=[], metavar="until=DURATION",
                    help="only cache not used within DURATION (Go syntax: 24h, 90m, 1h30m)")
     p.add_argument("--keep-storage", metavar="SIZE",
@@ -73,11 +83,12 @@ def _options(args):
 def run(args, store_factory) -> int:
     import sys
 
-    from pybuild.builder.mounts import remove_cache_mounts
+    from pybuild.builder.mounts import cache_mount_usage, remove_cache_mounts
     from pybuild.cache import gc
     from pybuild.errors import PybuildError
 
-    from ._format import human_size
+    from ._format import human_size, table
+    from .du import KINDS
 
     older_than, keep_bytes = _options(args)
     if not args.force:
@@ -94,25 +105,33 @@ def run(args, store_factory) -> int:
 
     try:
         with gc.exclusive(store.root, wait=True, on_wait=waiting):
-            removed = gc.prune_cache(store, all=args.all, older_than=older_than, keep_bytes=keep_bytes)
-            result = gc.sweep(store, gc.mark(store, include_cache=True))
+            plan = gc.plan_prune(store, all=args.all, older_than=older_than, keep_bytes=keep_bytes)
+            result = gc.prune(store, plan)
             # RUN --mount=type=cache directories go with -a only, as with `docker builder prune -a`
-            whole = args.all and older_than is None and keep_bytes is None
-            cache_mounts = remove_cache_mounts(store.root) if whole else []
+            cache_mounts = []
+            if plan.whole:
+                sizes = {m.path: gc.dir_size(m.path) for m in cache_mount_usage(store.root)}
+                cache_mounts = [(m, sizes.get(m.path, m.size)) for m in remove_cache_mounts(store.root)]
     except ValueError as exc:  # index.json unreadable: never sweep blind
         raise PybuildError(f"prune: {exc} (see `pybuild fsck`)") from None
-    result.cache_records = removed
-    if removed or result.blobs or result.snapshots or cache_mounts:
+    kinds = dict(result.kinds, mounts={"count": len(cache_mounts), "size": sum(n for _, n in cache_mounts)})
+    swept = result.gc
+    if args.verbose and (result.records or swept.blobs or swept.snapshots or cache_mounts):
         print("Deleted build cache objects:")
-        for key in removed:
-            print(key)
-        for blob in result.blobs:
-            print(blob.digest)
-        for diff_id, _ in result.snapshots:
+        for key in result.records:
+            print(f"cache record {key}")
+        for blob in swept.blobs:
+            print(f"blob {blob.digest}")
+        for diff_id, _ in swept.snapshots:
             print(f"snapshot {diff_id}")
-        for mount in cache_mounts:
+        for mount, _ in cache_mounts:
             print(f"cache mount {mount.id}")
         print()
-    reclaimed = result.reclaimed + sum(m.size for m in cache_mounts)
-    print(f"Total reclaimed space: {human_size(reclaimed, 4)}")
+    if any(k["count"] or k["size"] for k in kinds.values()):
+        rows = [("TYPE", "REMOVED", "RECLAIMED")]
+        for key, label, _ in KINDS:
+            if key in kinds:
+                rows.append((label, str(kinds[key]["count"]), human_size(kinds[key]["size"])))
+        print(table(rows))
+    print(f"Total reclaimed space: {human_size(sum(k['size'] for k in kinds.values()), 4)}")
     return 0
