@@ -260,19 +260,6 @@ def _absolute(path: str) -> str:
     return posixpath.normpath("/" + path.lstrip("/"))
 
 
-def flag_column(original: str, start_line: int, start_col: int, text: str) -> tuple[int, int]:
-    """(line, col) of the `--mount` value `text` inside the instruction's source text, for error
-    messages; the instruction's start when the value is not found verbatim."""
-    idx = original.find(text)
-    if idx < 0:
-        return start_line, start_col
-    before = original[:idx]
-    nl = before.rfind("\n")
-    if nl < 0:
-        return start_line, start_col + idx
-    return start_line + before.count("\n"), idx - nl
-
-
 # -- --secret and --ssh flags (pure parsing) ------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -869,6 +856,7 @@ def _private_dir(fallback: Path) -> Path:
 
 
 def mount_location(ins, text: str) -> str:
-    """"FILE:LINE:COL" of the `--mount` value `text` in instruction `ins` (an ast.Run)."""
-    line, col = flag_column(ins.original, ins.span.start_line, ins.span.start_col, text)
+    """"FILE:LINE:COL" of the `--mount` value `text` in instruction `ins` (an ast.Run), also on a
+    continuation line; the instruction's start when it has no such flag."""
+    line, col = ins.flag_position("mount", text)
     return f"{ins.span.file}:{line}:{col}"

@@ -53,8 +53,27 @@ class BuildPlan:
     total_stages: int = 0
 
 
-def location(node: ast.Instruction) -> str:
-    return f"{node.span.file}:{node.span.start_line}"
+def location(node: ast.Instruction, where: tuple[int, int] | None = None) -> str:
+    """"FILE:LINE:COL" (1-based) of the instruction `node`'s keyword, or of `where`, a (line, col)
+    inside it (see `flag_location`, `word_location`)."""
+    line, col = where or (node.span.start_line, node.span.start_col)
+    return f"{node.span.file}:{line}:{col}"
+
+
+_ANY: object = object()
+
+
+def flag_location(node: ast.Instruction, name: str, value: object = _ANY, *, at_value: bool = True) -> str:
+    """"FILE:LINE:COL" of `node`'s last `--name` flag (the last whose value is `value`, if given):
+    of its value, or with `at_value=False` of the flag itself; the instruction's if there is none."""
+    if value is _ANY:
+        return location(node, node.flag_position(name, at_value=at_value))
+    return location(node, node.flag_position(name, value, at_value=at_value))
+
+
+def word_location(node: ast.Instruction, word: str) -> str:
+    """"FILE:LINE:COL" of the argument `word` as written in `node`; the instruction's if not there."""
+    return location(node, node.word_position(word))
 
 
 def stage_index(ref: str, stages: tuple[ast.Stage, ...], before: int) -> int | None:
@@ -85,7 +104,7 @@ def _expand(word: str, env: Mapping[str, str], node: ast.Instruction) -> str:
     try:
         return expand_word(word, env)
     except ValueError as exc:
-        raise BuildError(str(exc), location(node)) from None
+        raise BuildError(str(exc), word_location(node, word)) from None
 
 
 NETWORK_MODES = ("default", "none", "host")
@@ -95,8 +114,9 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/x86_64", "linux/amd64/v1")
 def check_supported(ins: ast.Instruction, allow: frozenset[str] = frozenset()) -> None:
     """Refuse, before anything runs, what this version would otherwise ignore or get wrong,
     and what needs an entitlement (`--allow`) the build was not given."""
-    def refuse(what: str) -> None:
-        raise BuildError(f"{what} is not supported by pybuild yet", location(ins))
+    def refuse(flag: str) -> None:
+        raise BuildError(f"{ins.keyword} --{flag} is not supported by pybuild yet",
+                         flag_location(ins, flag, at_value=False))
 
     if isinstance(ins, ast.Run):
         for text in ins.mounts:
@@ -106,24 +126,27 @@ def check_supported(ins: ast.Instruction, allow: frozenset[str] = frozenset()) -
                 raise BuildError(f"RUN --mount={text}: {exc}", mount_location(ins, text)) from None
         if ins.security == "insecure" and "security.insecure" not in allow:
             raise BuildError("RUN --security=insecure runs with all capabilities and no seccomp filter; "
-                             "allow it with --allow security.insecure", location(ins))
+                             "allow it with --allow security.insecure", flag_location(ins, "security"))
         if ins.security not in (None, "sandbox", "insecure"):
-            raise BuildError(f"RUN --security={ins.security}: expected sandbox or insecure", location(ins))
+            raise BuildError(f"RUN --security={ins.security}: expected sandbox or insecure",
+                             flag_location(ins, "security"))
         if ins.network is not None and ins.network not in NETWORK_MODES:
             raise BuildError(f"RUN --network={ins.network}: expected one of {', '.join(NETWORK_MODES)}",
-                             location(ins))
+                             flag_location(ins, "network"))
         if ins.has_flag("device"):
-            refuse("RUN --device")
+            refuse("device")
     elif isinstance(ins, (ast.Copy, ast.Add)):
         if isinstance(ins, ast.Add) and ins.has_flag("checksum") and not ins.checksum:
             raise BuildError("ADD --checksum needs a value (sha256:<hex> for a URL, a commit for git)",
-                             f"{location(ins)}:{ins.span.start_col}")
-        if any(not value for value in ins.flag_values("exclude")):
-            raise BuildError(f"{ins.keyword} --exclude needs a pattern", f"{location(ins)}:{ins.span.start_col}")
+                             flag_location(ins, "checksum"))
+        for value in ins.flag_values("exclude"):
+            if not value:
+                raise BuildError(f"{ins.keyword} --exclude needs a pattern",
+                                 flag_location(ins, "exclude", value, at_value=False))
     elif isinstance(ins, ast.From):
         if ins.platform and ins.platform.lower() not in SUPPORTED_PLATFORMS and "$" not in ins.platform:
             raise BuildError(f"FROM --platform={ins.platform}: only linux/amd64 can be built on this host",
-                             location(ins))
+                             flag_location(ins, "platform"))
     elif isinstance(ins, ast.Onbuild):
         check_supported(ins.instruction, allow)
 
@@ -139,22 +162,23 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
     for stage in stages:
         image = _expand(stage.base.image, global_args, stage.base)
         if not image:
-            raise BuildError("FROM names an empty image (an unset ARG?)", location(stage.base))
+            raise BuildError("FROM names an empty image (an unset ARG?)", word_location(stage.base, stage.base.image))
         base_stage = stage_index(image, stages, stage.index)
         if base_stage is None and stage.name is not None and image.lower() == stage.name.lower():
-            raise BuildError(f"stage {stage.name!r} uses itself as its base", location(stage.base))
+            raise BuildError(f"stage {stage.name!r} uses itself as its base",
+                             word_location(stage.base, stage.base.image))
         copy_from: list[int] = []
         for ins in stage.instructions:
             if isinstance(ins, ast.Copy) and ins.from_stage:
                 src = ins.from_stage
                 if "$" in src:
                     raise BuildError(f"COPY --from={src}: variable expansion is not supported for --from, "
-                                     "use an ARG in a FROM line and name that stage", location(ins))
+                                     "use an ARG in a FROM line and name that stage", flag_location(ins, "from"))
                 idx = stage_index(src, stages, stage.index)
                 later = any((s.name or "").lower() == src.lower() for s in stages[stage.index:])
                 if idx is None and (later or (src.isdigit() and int(src) < len(stages))):
                     raise BuildError(f"COPY --from={src} names this stage or a later one; "
-                                     "it can only read stages defined before it", location(ins))
+                                     "it can only read stages defined before it", flag_location(ins, "from"))
                 if idx is not None:
                     copy_from.append(idx)
             if isinstance(ins, ast.Run):  # RUN --mount=from=STAGE reads that stage too

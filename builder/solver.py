@@ -43,7 +43,8 @@ from pybuild.builder.context import ContextView
 from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.builder.explain import MissExplainer
 from pybuild.builder.keys import step_key
-from pybuild.builder.plan import PROXY_ARGS, StagePlan, check_supported, location, plan, stage_index
+from pybuild.builder.plan import (PROXY_ARGS, StagePlan, check_supported, flag_location, location, plan,
+                                  stage_index, word_location)
 from pybuild.cache.gc import build_lease
 from pybuild.cache.index import CacheRecord
 from pybuild.cache.transfer import (CacheExportSpec, CacheImportSpec, CacheSources, export_cache,
@@ -267,9 +268,9 @@ class Solver:
             if self.opts.pull == "never" or remote is None:
                 raise BuildError(f"base image {image!r} not found in the local store and --pull=never forbids "
                                  "pulling it (see `pybuild images`, `pybuild pull`)" if remote is not None else
-                                 f"base image {image!r} not found in the local store", location(sp.stage.base))
+                                 f"base image {image!r} not found in the local store", self._image_location(sp))
         if remote is None:
-            raise BuildError(f"base image {image!r} is not a valid image reference", location(sp.stage.base))
+            raise BuildError(f"base image {image!r} is not a valid image reference", self._image_location(sp))
         from pybuild.registry.client import RegistryError
         from pybuild.registry.pull import pull
 
@@ -284,10 +285,15 @@ class Solver:
                     result = pull(self.store, remote, progress=self.reporter.info)
                 except (RegistryError, ValueError) as exc:
                     raise BuildError(f"base image {image!r} not found in the local store, and pulling it failed: {exc}",
-                                     location(sp.stage.base)) from None
+                                     self._image_location(sp)) from None
                 self._pulled[image] = result.manifest_digest
             from pybuild.oci.image import load_image
             return load_image(self.store.content, self._pulled[image])
+
+    @staticmethod
+    def _image_location(sp: StagePlan) -> str:
+        """Where the stage's FROM names its base image."""
+        return word_location(sp.stage.base, sp.stage.base.image)
 
     def _onbuild_triggers(self, state: StageState, sp: StagePlan) -> list[ast.Instruction]:
         """The base's ONBUILD triggers, parsed as instructions that run first; the image does not keep them."""
@@ -299,7 +305,7 @@ class Solver:
             parsed = parse("FROM scratch\n" + "\n".join(triggers) + "\n", source)
         except DockerfileError as exc:
             raise BuildError(f"cannot parse the base image's ONBUILD triggers: {exc.message}",
-                             location(sp.stage.base)) from None
+                             self._image_location(sp)) from None
         instructions = list(parsed.stages[0].instructions)
         for ins in instructions:
             check_supported(ins, self.opts.allow)
@@ -358,7 +364,7 @@ class Solver:
                 for port in self._expand_list(word, env, ins):
                     if not _PORT.fullmatch(port):
                         raise BuildError(f"EXPOSE {port}: expected PORT, PORT/PROTO or a range such as 8000-8010/udp",
-                                         location(ins))
+                                         word_location(ins, word))
                     ports[port.lower() if "/" in port else f"{port}/tcp"] = {}
             c["ExposedPorts"] = ports
         elif isinstance(ins, ast.User):
@@ -375,7 +381,7 @@ class Solver:
         elif isinstance(ins, ast.Volume):
             vols = c.get("Volumes") or {}
             for word in ins.paths:
-                for v in expand_words(word, env):
+                for v in self._expand_list(word, env, ins):
                     vols[v] = {}
             c["Volumes"] = vols
         elif isinstance(ins, ast.Shell):
@@ -411,7 +417,8 @@ class Solver:
         if retries is not None:
             retries = self._expand(retries, env, ins)
             if not retries.isdigit():
-                raise BuildError(f"HEALTHCHECK --retries={retries}: expected a whole number", location(ins))
+                raise BuildError(f"HEALTHCHECK --retries={retries}: expected a whole number",
+                                 flag_location(ins, "retries"))
             out["Retries"] = int(retries)
         return out
 
@@ -420,7 +427,7 @@ class Solver:
         parts = _DURATION.findall(text)
         if not text or "".join(n + u for n, u in parts) != text:
             raise BuildError(f"HEALTHCHECK --{flag}={text}: expected a duration such as 30s or 1m30s",
-                             location(ins))
+                             flag_location(ins, flag))
         return int(sum(float(n) * _DURATION_NS[u] for n, u in parts))
 
     def _command(self, command, state: StageState) -> list[str]:
@@ -432,7 +439,7 @@ class Solver:
         try:
             return expand_word(word, env)
         except ValueError as exc:
-            raise BuildError(str(exc), location(ins)) from None
+            raise BuildError(str(exc), _word_or_flag_location(ins, word)) from None
 
     def _content_time(self, state: StageState) -> str:
         """SOURCE_DATE_EPOCH when given, else when the stage's content was made (never "now" for a
@@ -602,9 +609,15 @@ class Solver:
         ssh_index = 0
         for text in ins.mounts:
             where = mountsop.mount_location(ins, text)
+
+            def expand(word: str, where: str = where) -> str:
+                try:
+                    return expand_word(word, env)
+                except ValueError as exc:  # e.g. ${VAR:?message}: point at the --mount value
+                    raise BuildError(str(exc), where) from None
+
             try:
-                spec = mountsop.resolve(mountsop.parse_mount(text, lambda w: self._expand(w, env, ins)),
-                                        self._workdir_of(state), ssh_index)
+                spec = mountsop.resolve(mountsop.parse_mount(text, expand), self._workdir_of(state), ssh_index)
             except mountsop.MountSpecError as exc:
                 raise BuildError(f"RUN --mount={text}: {exc}", where) from None
             ssh_index += spec.type == "ssh"
@@ -751,11 +764,11 @@ class Solver:
         is_add = isinstance(ins, ast.Add)
         remote = [s for s in sources if fetch.is_http_source(s) or fetch.is_git_source(s)] if is_add else []
         if not is_add and any(fetch.is_http_source(s) for s in sources):
-            raise BuildError("COPY cannot take a URL as a source (as in BuildKit); use ADD",
-                             f"{location(ins)}:{ins.span.start_col}")
+            url = next(s for s in sources if fetch.is_http_source(s))
+            raise BuildError("COPY cannot take a URL as a source (as in BuildKit); use ADD", word_location(ins, url))
         if is_add and ins.has_flag("checksum") and (len(sources) != 1 or not remote):
             raise BuildError("ADD --checksum needs exactly one source, a URL or a git repository (as in BuildKit, "
-                             "local files are not checked)", f"{location(ins)}:{ins.span.start_col}")
+                             "local files are not checked)", flag_location(ins, "checksum", at_value=False))
         dest = self._expand(ins.dest, env, ins)
         if not dest.startswith("/"):
             wd = self._workdir_of(state)
@@ -771,7 +784,6 @@ class Solver:
     def _stage_remote(self, ins, env, remote: list[str], cleanup: list[Path]) -> dict[str, tuple]:
         """ADD's URL and git sources, fetched into a work dir this step removes:
         source -> (copy.Source, what the key names: the download's digest or the commit)."""
-        where = f"{location(ins)}:{ins.span.start_col}"
         checksum = self._expand(ins.flag("checksum"), env, ins) if ins.flag("checksum") else None
         work = self.store.snapshots.new_work_dir()
         cleanup.append(work)
@@ -779,10 +791,11 @@ class Solver:
         for i, src in enumerate(remote):
             into = work / f"source-{i}"
             into.mkdir()
+            where = word_location(ins, src)
             try:
                 if fetch.is_git_source(src):
                     ref = fetch.parse_git_ref(src)
-                    keep = _bool_flag(ins, "keep-git-dir", False, where)
+                    keep = _bool_flag(ins, "keep-git-dir", False)
                     commit = fetch.resolve_commit(ref)
                     if commit is None:  # an abbreviated commit: only a fetch resolves it
                         commit = fetch.checkout(ref, into, keep_git_dir=keep, checksum=checksum)
@@ -795,7 +808,10 @@ class Solver:
                         staged[src] = (functools.partial(self._checkout, src, ref, into, keep, checksum, commit,
                                                          where), commit)
                 elif checksum is not None:  # the checksum is the key: download only if the step must run
-                    fetch.check_checksum_syntax(checksum)
+                    try:
+                        fetch.check_checksum_syntax(checksum)
+                    except fetch.FetchError as exc:  # a bad value: point at it
+                        raise BuildError(f"ADD {src} failed: {exc}", flag_location(ins, "checksum")) from None
                     staged[src] = (functools.partial(self._download, ins, src, into, checksum, where), checksum)
                 else:  # BuildKit too fetches the URL on every build and keys the step by what it got
                     got = self._download(ins, src, into, None, where)
@@ -821,7 +837,7 @@ class Solver:
             raise BuildError(f"ADD {src} failed: {exc}", where) from None
         view = LayeredView([into])
         return copyop.Source(src, name, view.lookup("/" + name), view=view,
-                             extract=_bool_flag(ins, "unpack", False, where))
+                             extract=_bool_flag(ins, "unpack", False))
 
     def _prepare_copy_heredocs(self, ins, state: StageState, env, cleanup: list[Path]):
         """`COPY <<EOF /dest`: each heredoc becomes a file named after its delimiter, as in BuildKit.
@@ -853,20 +869,24 @@ class Solver:
     def _copy_step(self, ins, state: StageState, env, src_view: LayeredView, src_key: str, what: str,
                    sources: list[str], dest: str, staged: dict[str, tuple] | None = None):
         is_add = isinstance(ins, ast.Add)
-        where = f"{location(ins)}:{ins.span.start_col}"
-        parents = _bool_flag(ins, "parents", False, where) if isinstance(ins, ast.Copy) else False
+        parents = _bool_flag(ins, "parents", False) if isinstance(ins, ast.Copy) else False
         excludes = [self._expand(p, env, ins) for p in ins.excludes]
         try:
             exclude = copyop.exclude_matcher(excludes)
         except ValueError as exc:
-            raise BuildError(f"{ins.keyword} --exclude: {exc}", where) from None
+            raise BuildError(f"{ins.keyword} --exclude: {exc}", _bad_exclude_location(ins, excludes)) from None
         staged = staged or {}
+        # Per source, in the written order: its matches, or (remote, keyed by checksum or commit)
+        # the function that fetches it, called only if the step must run.
+        picked = []
+        for s in sources:
+            try:
+                picked.append(staged[s][0] if s in staged and callable(staged[s][0]) else
+                              [staged[s][0]] if s in staged else
+                              copyop.match_sources(src_view, [s], what, parents=parents))
+            except (copyop.CopyError, OSError) as exc:
+                raise BuildError(f"{ins.keyword} failed: {exc}", word_location(ins, s)) from None
         try:
-            # Per source, in the written order: its matches, or (remote, keyed by checksum or commit)
-            # the function that fetches it, called only if the step must run.
-            picked = [staged[s][0] if s in staged and callable(staged[s][0]) else
-                      [staged[s][0]] if s in staged else copyop.match_sources(src_view, [s], what, parents=parents)
-                      for s in sources]
             matched = [m for p in picked if not callable(p) for m in p]
             manifest = copyop.content_manifest(src_view, matched, exclude)
             manifest += [(s, s, staged[s][1]) for s, p in zip(sources, picked) if callable(p)]
@@ -884,9 +904,9 @@ class Solver:
         if staged:
             definition["remote"] = {s: fetched for s, (_, fetched) in staged.items()}
         if is_add and ins.has_flag("unpack"):
-            definition["unpack"] = _bool_flag(ins, "unpack", True, where)
+            definition["unpack"] = _bool_flag(ins, "unpack", True)
         if staged and ins.has_flag("keep-git-dir"):  # a deferred clone's key is only its commit
-            definition["keep_git_dir"] = _bool_flag(ins, "keep-git-dir", False, where)
+            definition["keep_git_dir"] = _bool_flag(ins, "keep-git-dir", False)
         files = {path: digest for _, path, digest in manifest}
 
         def execute(step: Step) -> LayerBlob:
@@ -895,7 +915,7 @@ class Solver:
             try:
                 return self._layer_from(lambda d: copyop.copy_to_layer(
                     src_view, now, dest, image=image, layer_dir=d, owner=owner, chmod=chmod,
-                    extract_archives=is_add and _bool_flag(ins, "unpack", True, where), exclude=exclude,
+                    extract_archives=is_add and _bool_flag(ins, "unpack", True), exclude=exclude,
                     parents=parents, cancelled=self.cancelled.is_set))
             except (copyop.CopyError, OSError) as exc:
                 raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
@@ -911,14 +931,15 @@ class Solver:
         try:
             img = self.store.images.image(name)
         except ImageNotFound:
-            raise BuildError(f"COPY --from={name}: no stage or local image of that name", location(ins)) from None
+            raise BuildError(f"COPY --from={name}: no stage or local image of that name",
+                             flag_location(ins, "from")) from None
         return LayeredView(self.store.snapshots.lowerdirs(img.layers)), img.manifest_digest, f"image {name!r}"
 
     def _expand_list(self, word: str, env, ins) -> list[str]:
         try:
             return expand_words(word, env)
         except ValueError as exc:
-            raise BuildError(str(exc), location(ins)) from None
+            raise BuildError(str(exc), word_location(ins, word)) from None
 
     def _owner(self, spec: str, state: StageState, env, ins) -> tuple[int, int]:
         spec = self._expand(spec, env, ins)
@@ -926,11 +947,16 @@ class Solver:
         view = LayeredView(self.store.snapshots.lowerdirs(state.layers))
         uid = _lookup_id(view, "/etc/passwd", user, 2)
         if uid is None:
-            raise BuildError(f"--chown: user {user!r} not found in the image's /etc/passwd", location(ins))
+            raise BuildError(f"--chown: user {user!r} not found in the image's /etc/passwd",
+                             flag_location(ins, "chown"))
         if group:
             gid = _lookup_id(view, "/etc/group", group, 2)
             if gid is None:
-                raise BuildError(f"--chown: group {group!r} not found in the image's /etc/group", location(ins))
+                line, col = ins.flag_position("chown")
+                if ins.chown == spec:  # written without variables: point at the group itself
+                    col += len(user) + 1
+                raise BuildError(f"--chown: group {group!r} not found in the image's /etc/group",
+                                 location(ins, (line, col)))
         else:
             gid = uid if user.isdigit() else (_lookup_id(view, "/etc/passwd", user, 3) or 0)
         return uid, gid
@@ -939,9 +965,10 @@ class Solver:
         try:
             mode = int(spec, 8)
         except ValueError:
-            raise BuildError(f"--chmod={spec}: expected an octal mode such as 0755", location(ins)) from None
+            raise BuildError(f"--chmod={spec}: expected an octal mode such as 0755",
+                             flag_location(ins, "chmod")) from None
         if not 0 <= mode <= 0o7777:
-            raise BuildError(f"--chmod={spec}: mode out of range", location(ins))
+            raise BuildError(f"--chmod={spec}: mode out of range", flag_location(ins, "chmod"))
         return mode
 
     def _layer_from(self, fill) -> LayerBlob | None:
@@ -959,7 +986,7 @@ class Solver:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _bool_flag(ins, name: str, default: bool, where: str) -> bool:
+def _bool_flag(ins, name: str, default: bool) -> bool:
     """A `--name[=true|false]` flag as BuildKit reads it (bare means true)."""
     if not ins.has_flag(name):
         return default
@@ -968,7 +995,25 @@ def _bool_flag(ins, name: str, default: bool, where: str) -> bool:
         return True
     if value.lower() in ("false", "0"):
         return False
-    raise BuildError(f"{ins.keyword} --{name}={value}: expected true or false", where)
+    raise BuildError(f"{ins.keyword} --{name}={value}: expected true or false", flag_location(ins, name))
+
+
+def _word_or_flag_location(ins, word: str) -> str:
+    """Where `word` (an argument or a flag's value, unexpanded) is written in `ins`."""
+    for name, value in ins.flags:
+        if value == word:
+            return flag_location(ins, name, value)
+    return word_location(ins, word)
+
+
+def _bad_exclude_location(ins, expanded: list[str]) -> str:
+    """Where the first `--exclude` pattern that copy.exclude_matcher refuses is written."""
+    for raw, pattern in zip(ins.excludes, expanded):
+        try:
+            copyop.exclude_matcher([pattern])
+        except ValueError:
+            return flag_location(ins, "exclude", raw)
+    return location(ins)
 
 
 def _short_id(definition: dict) -> str:
@@ -985,7 +1030,7 @@ def _stop_signal(text: str, ins) -> str:
     name = text.upper() if text.upper().startswith("SIG") else "SIG" + text.upper()
     if name in _signal.Signals.__members__ or re.fullmatch(r"SIGRTM(IN|AX)([+-]\d+)?", name):
         return text
-    raise BuildError(f"STOPSIGNAL {text}: not a signal name or number", location(ins))
+    raise BuildError(f"STOPSIGNAL {text}: not a signal name or number", word_location(ins, ins.signal))
 
 
 def _mib(n: int) -> str:

@@ -24,13 +24,46 @@ Flags = tuple[tuple[str, Union[str, None]], ...]
 class SourceSpan:
     """Where an instruction is: 1-based lines (``end_line`` includes continuation lines and heredoc
     bodies) and the keyword's column.  ``empty_continuation_lines`` lists the blank lines inside its
-    continuation, which the parser skips and BuildKit's ``NoEmptyContinuation`` rule reports."""
+    continuation, which the parser skips and BuildKit's ``NoEmptyContinuation`` rule reports.
+
+    The last four fields place the parts of the instruction's ``original`` text in the file, for
+    error messages that point at one flag or argument (see :meth:`position`); they take no part in
+    comparisons.  ``segments`` are the parser's map of the logical line (continuations joined) the
+    instruction is on: ``(offset, line, col)`` means the line's character at ``offset`` is at
+    ``line:col`` and what follows is on that line (empty: all of ``original`` is on
+    ``start_line`` from ``start_col``); ``origin`` is the offset of ``original[0]`` in that
+    logical line.  ``flag_words`` are the ``--flag`` words as written with their offsets in
+    ``original`` (one per entry of :attr:`Instruction.flags`), ``args_offset`` is that of the
+    arguments after them.  The parser hands over data it has anyway: parsing stays as fast."""
 
     file: str
     start_line: int
     end_line: int
     start_col: int = 1
     empty_continuation_lines: tuple[int, ...] = ()
+    segments: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
+    origin: int = field(default=0, compare=False, repr=False)
+    flag_words: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
+    args_offset: int = field(default=0, compare=False, repr=False)
+
+    def position(self, offset: int) -> tuple[int, int]:
+        """``(line, col)``, 1-based, of ``original[offset]`` of the instruction this span is of."""
+        if not self.segments:
+            return self.start_line, self.start_col + offset
+        at = self.origin + offset
+        start, line, col = self.segments[0]
+        for seg_offset, seg_line, seg_col in self.segments:
+            if seg_offset > at:
+                break
+            start, line, col = seg_offset, seg_line, seg_col
+        return line, col + (at - start)
+
+
+_ANY: object = object()
+# what may stand right before / right after an argument in the source text (blanks, "=" of a
+# NAME=VALUE pair, the quotes and commas of a JSON array)
+_WORD_BEFORE = frozenset(" \t\n\r\f\v=\"'[,")
+_WORD_AFTER = frozenset(" \t\n\r\f\v=\"',]")
 
 
 @dataclass(frozen=True)
@@ -88,6 +121,36 @@ class Instruction:
 
     def has_flag(self, name: str) -> bool:
         return any(key == name for key, _ in self.flags)
+
+    # -- where things are, for error messages -----------------------------------------------------
+    def flag_position(self, name: str, value: object = _ANY, *, at_value: bool = True) -> tuple[int, int]:
+        """``(line, col)`` of the last ``--name`` flag (the last one whose value is ``value``, if
+        given): of its value when ``at_value`` and it has one, else of its ``--``.  The
+        instruction's start when there is no such flag."""
+        words = self.span.flag_words
+        found = None
+        for i, (key, val) in enumerate(self.flags):
+            if key == name and (value is _ANY or val == value) and i < len(words):
+                found = words[i]
+        if found is None:
+            return self.span.start_line, self.span.start_col
+        word, offset = found
+        eq = word.find("=") if at_value else -1
+        return self.span.position(offset + eq + 1 if eq >= 0 else offset)
+
+    def word_position(self, word: str) -> tuple[int, int]:
+        """``(line, col)`` of the argument ``word`` as written (unexpanded, quotes kept) after the
+        flags: its first occurrence standing as a word of its own.  The instruction's start when
+        it is not there verbatim (a word from a JSON array with escapes, an expanded value)."""
+        text = self.original
+        if word:
+            end = len(word)
+            i = text.find(word, self.span.args_offset)
+            while i >= 0:
+                if (i == 0 or text[i - 1] in _WORD_BEFORE) and (i + end == len(text) or text[i + end] in _WORD_AFTER):
+                    return self.span.position(i)
+                i = text.find(word, i + 1)
+        return self.span.start_line, self.span.start_col
 
 
 @dataclass(frozen=True, kw_only=True)

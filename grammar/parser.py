@@ -404,6 +404,12 @@ _FLAG_QUOTING = re.compile(r"['\"\\]")
 _SINGLE_WORD_FIELD = {"WORKDIR": "path", "USER": "user", "STOPSIGNAL": "signal", "MAINTAINER": "name"}
 
 
+def _ending(span: A.SourceSpan, end_line: int) -> A.SourceSpan:
+    """``span`` ending at ``end_line`` (after heredoc bodies, an ONBUILD's trigger)."""
+    return A.SourceSpan(span.file, span.start_line, end_line, span.start_col, span.empty_continuation_lines,
+                        span.segments, span.origin, span.flag_words, span.args_offset)
+
+
 def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
     """Parse one instruction starting at offset ``base`` of the logical line ``text``."""
     sub = text[base:] if base else text
@@ -431,9 +437,18 @@ def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
 
     ll = ctx.ll
     line, col = ll.position(kw_off)
-    span = A.SourceSpan(ctx.reader.filename, line, ctx.end_line, col, ll.empty_continuation_lines)
     # BuildKit keeps trailing blanks in Node.Original (only leading ones are trimmed)
     original = sub.lstrip()
+    # where the parts of ``original`` are in the file, for errors about one flag or argument; the
+    # head's offsets are into ``sub``, which is ``original`` but when the logical line starts with
+    # blanks (its first line held nothing but the escape character)
+    flag_words = tuple(raw_flags) if raw_flags else ()
+    args_offset = rest_start
+    if kw_start:
+        flag_words = tuple((word, start - kw_start) for word, start in flag_words)
+        args_offset -= kw_start
+    span = A.SourceSpan(ctx.reader.filename, line, ctx.end_line, col, ll.empty_continuation_lines, ll.segments,
+                        kw_off, flag_words, args_offset)
 
     if kw == "RUN":
         command = _maybe_json(rest, ctx, rest_off)
@@ -442,7 +457,7 @@ def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
         docs: tuple[A.Heredoc, ...] = ()
         if "<<" in rest and type(command) is A.ShellForm:
             docs = _heredocs(rest, ctx, kw_off, rest_off)
-            span = A.SourceSpan(span.file, line, ctx.end_line, col, span.empty_continuation_lines)
+            span = _ending(span, ctx.end_line)
         return A.Run(span=span, original=original, flags=flags, command=command, heredocs=docs)
 
     if kw in ("COPY", "ADD"):
@@ -452,7 +467,7 @@ def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
         docs = ()
         if not is_json and "<<" in rest:
             docs = _heredocs(rest, ctx, kw_off, rest_off)
-            span = A.SourceSpan(span.file, line, ctx.end_line, col, span.empty_continuation_lines)
+            span = _ending(span, ctx.end_line)
         return cls(span=span, original=original, flags=flags,  # type: ignore[call-arg]
                    sources=tuple(args[:-1]), dest=args[-1], heredocs=docs, json_form=is_json)
 
@@ -552,7 +567,7 @@ def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
     inner = _instruction(text, rest_off, ctx)
     if inner.keyword in _ONBUILD_FORBIDDEN:
         raise ctx.error(rest_off, f"{inner.keyword} isn't allowed as an ONBUILD trigger")
-    span = A.SourceSpan(span.file, line, ctx.end_line, col, span.empty_continuation_lines)
+    span = _ending(span, ctx.end_line)
     return A.Onbuild(span=span, original=original, flags=flags, instruction=inner)
 
 

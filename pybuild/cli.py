@@ -41,12 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build an image from a Dockerfile",
                        description="Build an image from a Dockerfile. Example: pybuild build -t app:1.0 .")
     b.add_argument("context", help="build context directory, or - for a context tar (or a lone Dockerfile) on stdin")
-    b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile; - reads it from stdin)")
+    b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile; - reads it from stdin; with a context tar "
+                        "on stdin, a path in the tar)")
     b.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
     b.add_argument("--build-arg", action="append", default=[], metavar="K=V",
                    help="set a build argument (K alone takes its value from the environment)")
     b.add_argument("--target", help="build this stage and what it needs, not the last one")
-    b.add_argument("--label", action="append", default=[], metavar="K=V", help="set a label on the image (repeatable)")
+    b.add_argument("--label", action="append", default=[], metavar="K=V", help="set a label on the image (repeatable; K alone: an empty value)")
     b.add_argument("--platform", metavar="OS/ARCH", help="target platform; only this host's (linux/amd64) can be built")
     b.add_argument("-j", "--jobs", type=_positive_int, default=0, metavar="N",
                    help="steps executing at once (default: the number of CPUs)")
@@ -211,6 +212,9 @@ def _normalise_argv(argv: list[str]) -> list[str]:
             near = difflib.get_close_matches(a, COMMANDS, n=1, cutoff=0.6)
             if near:
                 raise UsageError(f"unknown command {a!r} (did you mean {near[0]}?)")
+            # neither a command nor a context `build` could use: say both, not "not a directory"
+            raise UsageError(f"unknown command or build context {a!r} (commands: {', '.join(sorted(COMMANDS))}; "
+                             "a context must be an existing directory or -)")
         return argv[:i] + ["build"] + argv[i:]
     return argv
 
@@ -331,15 +335,45 @@ def cmd_build(args) -> int:
             args.context, stdin_dockerfile = _context_from_stdin(Path(stdin_dir))
             if stdin_dockerfile is not None and not args.file:
                 args.file = "-"
+            elif stdin_dockerfile is None:
+                args.file = _dockerfile_in_stdin_tar(Path(args.context), args.file)
+                return _build(args, labels, None, tar_context=Path(args.context))
         return _build(args, labels, stdin_dockerfile)
+
+
+def _dockerfile_in_stdin_tar(context: Path, name: str | None) -> str:
+    """The Dockerfile of a context tar read from stdin: ``-f NAME`` is a path inside the tar, as
+    docker has it (default ``Dockerfile``).  Errors name the tar, never the temporary directory."""
+    import posixpath
+
+    if name is None:
+        if not (context / "Dockerfile").is_file():
+            raise PybuildError("stdin context: no Dockerfile in the tar (add one at its top level, "
+                               "or name it with -f PATH-IN-TAR)")
+        return str(context / "Dockerfile")
+    rel = posixpath.normpath(name.lstrip("/"))
+    path = context / rel
+    if rel.startswith("../") or rel == ".." or not path.resolve().is_relative_to(context.resolve()) \
+            or not path.is_file():
+        raise PybuildError(f"stdin context: -f {name}: no such file in the tar")
+    return str(path)
+
+
+def check_platform_syntax(platform: str) -> None:
+    """``OS/ARCH[/VARIANT]`` (each part letters, digits, ``_`` ``.`` ``-``), else a UsageError naming it."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?", platform):
+        raise UsageError(f"--platform {platform}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")
 
 
 def _check_platform(platform: str | None) -> None:
     """Builds run natively: linux/amd64 (with an optional variant) or nothing else."""
     if platform is None:
         return
+    check_platform_syntax(platform)
     parts = platform.lower().split("/")
-    if parts[:2] != ["linux", "amd64"] or len(parts) > 3:
+    if parts[:2] != ["linux", "amd64"]:
         raise UsageError(f"--platform {platform}: only linux/amd64 can be built on this host "
                          "(no emulation is set up)")
 
@@ -351,11 +385,12 @@ def _config_jobs() -> int:
 
 
 def _labels(items: list[str]) -> dict[str, str]:
+    """``--label K=V``; ``--label K`` is ``K`` with an empty value, as docker has it."""
     out = {}
     for item in items:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        k, _, v = item.partition("=")
+        if not k:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE or KEY")
         out[k] = v
     return out
 
@@ -398,7 +433,9 @@ def _context_from_stdin(dest: Path) -> tuple[str, bytes | None]:
     return str(context), spooled.read_bytes()
 
 
-def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None) -> int:
+def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_context: Path | None = None) -> int:
+    """The build; ``tar_context``: the context is that unpacked stdin tar, and messages name its
+    files by their paths in the tar, not in the temporary directory."""
     from pybuild.builder.mounts import SshAgents
     from pybuild.builder.solver import BuildOptions, StepFailed, build
     from pybuild.grammar import DockerfileError, parse
@@ -417,18 +454,23 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None) -> int:
             data = dockerfile_path.read_bytes()
         except OSError as exc:
             raise PybuildError(f"cannot read Dockerfile {dockerfile_path}: {exc.strerror}") from None
+    dockerfile_name = "Dockerfile" if args.file == "-" else str(dockerfile_path)  # buildx's name for stdin
+    if tar_context is not None:
+        dockerfile_name = str(dockerfile_path.relative_to(tar_context))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise PybuildError(f"{dockerfile_path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+        line_start = data.rfind(b"\n", 0, exc.start) + 1  # the line's text before the bad byte is valid UTF-8
+        col = len(data[line_start: exc.start].decode("utf-8-sig" if line_start == 0 else "utf-8")) + 1
+        where = f"stdin context: {dockerfile_name}" if tar_context is not None else str(dockerfile_path)
+        raise PybuildError(f"{where}:{line}:{col}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
     for tag in args.tag:
         try:
             parse_reference(tag)
         except InvalidReference as exc:
             raise UsageError(f"-t {tag}: {exc}") from None
     try:
-        dockerfile_name = "Dockerfile" if args.file == "-" else str(dockerfile_path)  # buildx's name for stdin
         dockerfile = parse(text, dockerfile_name)
     except DockerfileError as exc:
         print(str(exc), file=sys.stderr)
@@ -438,7 +480,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None) -> int:
         raise UsageError(f"--pull={args.pull}: expected --pull, --pull=always, --pull=missing or --pull=never")
     if args.push and not args.tag:
         raise UsageError("--push needs at least one -t NAME to push to")
-    ignore, ignore_file = _dockerignore(context, dockerfile_path)
+    ignore, ignore_file = _dockerignore(context, dockerfile_path, tar_context)
     # As for BuildKit, SOURCE_DATE_EPOCH comes from --build-arg, else from the environment.
     sde = _build_args(args.build_arg).get("SOURCE_DATE_EPOCH", os.environ.get("SOURCE_DATE_EPOCH"))
     if sde is not None and sde != "" and not sde.isdigit():
@@ -622,17 +664,19 @@ def _print_cache_report(args, reporter) -> None:
         sys.stderr.write(render_cache_report(reporter.summary))
 
 
-def _dockerignore(context: Path, dockerfile: Path):
+def _dockerignore(context: Path, dockerfile: Path, tar_context: Path | None = None):
     from pybuild.builder.context import find_ignore_file
     from pybuild.builder.dockerignore import DockerIgnore
 
     path = find_ignore_file(context, dockerfile)
     if path is None:
         return None, ".dockerignore"
+    shown = str(path.relative_to(tar_context)) if tar_context is not None else str(path)
     try:
-        return DockerIgnore.parse(path.read_text(encoding="utf-8", errors="replace")), str(path)
+        return DockerIgnore.parse(path.read_text(encoding="utf-8", errors="replace")), shown
     except ValueError as exc:  # "line N: reason"
-        raise PybuildError(f"{path}:{str(exc).removeprefix('line ')}") from None
+        where = f"stdin context: {shown}" if tar_context is not None else shown
+        raise PybuildError(f"{where}:{str(exc).removeprefix('line ')}") from None
 
 
 def _image_id(store, manifest_digest: str) -> str:

@@ -21,7 +21,9 @@ class UsageError(PybuildError):
 
 
 class BuildError(PybuildError):
-    """A build step failed. `location` is "Dockerfile:LINE" (or file:line:col)."""
+    """A build step failed. `location` is "FILE:LINE:COL" (1-based) for an error about a Dockerfile
+    instruction (the flag value or argument it is about, else the keyword), else what the error is
+    about (e.g. "--target", the Dockerfile's name)."""
 
     def __init__(self, message: str, location: str | None = None):
         self.location = location

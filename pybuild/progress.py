@@ -292,27 +292,51 @@ def cache_report_json(summary: BuildSummary) -> dict:
 
 def dockerfile_excerpt(text: str, name: str, location: str | None, context: int = 2) -> str | None:
     """BuildKit's failure excerpt: the lines around ``location`` ("NAME:LINE[:COL]") of the
-    Dockerfile ``text``, the failing line marked ``>>>``.  None when the location is elsewhere
-    (e.g. a base image's ONBUILD trigger).  Pure."""
-    if not location:
+    Dockerfile ``text``, the failing instruction (all its lines) marked ``>>>``.  When COL points
+    into the instruction rather than at its keyword (a flag, an argument), a ``^`` line under
+    LINE marks that column.  None when the location is elsewhere (e.g. a base image's ONBUILD
+    trigger).  Pure."""
+    if not location or not location.startswith(name + ":"):
         return None
-    parts = location.split(":")
-    nums = [p for p in parts[1:] if p.isdigit()]
-    if not nums or ":".join(parts[: len(parts) - len(nums)]) != name:
+    nums = location[len(name) + 1:].split(":")
+    if not 1 <= len(nums) <= 2 or not all(n.isdigit() for n in nums):
         return None
     line = int(nums[0])
+    col = int(nums[1]) if len(nums) == 2 else None
     lines = text.splitlines()
     if not 1 <= line <= len(lines):
         return None
-    end = line  # the instruction's continuation lines are marked too
-    while end < len(lines) and lines[end - 1].rstrip().endswith(("\\", "`")):
-        end += 1
-    first, last = max(1, line - context), min(len(lines), end + context)
+
+    def continues(n: int) -> bool:
+        return lines[n - 1].rstrip().endswith(("\\", "`")) and not lines[n - 1].lstrip().startswith("#")
+
+    def skipped(n: int) -> bool:  # blank and comment lines inside a continuation
+        return not lines[n - 1].strip() or lines[n - 1].lstrip().startswith("#")
+
+    start = line  # LINE may be a continuation line: mark from the instruction's first line
+    n = line - 1
+    while n >= 1 and (continues(n) or skipped(n)):
+        if continues(n):
+            start = n
+        n -= 1
+    end = n = line  # ... to its last
+    while continues(end) and n < len(lines):
+        n += 1
+        if not skipped(n):
+            end = n
+    first, last = max(1, start - context), min(len(lines), end + context)
     width = len(str(last))
-    body = [f" {n:>{width}} | {'>>> ' if line <= n <= end else '    '}{lines[n - 1]}".rstrip()
-            for n in range(first, last + 1)]
+    body: list[str] = []
+    for n in range(first, last + 1):
+        body.append(f" {n:>{width}} | {'>>> ' if start <= n <= end else '    '}{lines[n - 1]}".rstrip())
+        src = lines[n - 1]
+        keyword_col = len(src) - len(src.lstrip()) + 1
+        if n == line and col is not None and not (n == start and col == keyword_col):
+            # tabs kept in the padding so that the caret lines up under tab-indented source
+            pad = "".join("\t" if c == "\t" else " " for c in src[: col - 1])
+            body.append(f" {'':>{width}} |     {pad}^")
     rule = "-" * 20
-    return "\n".join([f"{name}:{line}", rule, *body, rule])
+    return "\n".join([f"{name}:{start}", rule, *body, rule])
 
 
 # ---------------------------------------------------------------- reporters

@@ -90,7 +90,7 @@ def test_absolute_symlink_target_is_kept(cli, tmp_path):
 def test_breakouts_are_refused_as_docker_does(cli, tmp_path, members, what):
     res, out = _build(cli, tmp_path, members)
     assert res.code == 1
-    assert re.search(r"Dockerfile:2: ADD failed: cannot extract 'a\.tar': " + what, res.stderr), res.stderr
+    assert re.search(r"Dockerfile:2:1: ADD failed: cannot extract 'a\.tar': " + what, res.stderr), res.stderr
     assert not out.exists()
 
 

@@ -115,7 +115,7 @@ def test_parents_missing_source_is_an_error(cli, tmp_path):
     ctx = _context(tmp_path, {"x/a.txt": "a"}, "FROM scratch\nCOPY --parents ./x/nope.txt /p/\n")
     res = cli("build", str(ctx))
     assert res.code == 1
-    assert re.search(r"Dockerfile:2: COPY failed: '\./x/nope\.txt' not found", res.stderr), res.stderr
+    assert re.search(r"Dockerfile:2:16: COPY failed: '\./x/nope\.txt' not found", res.stderr), res.stderr
 
 
 def test_exclude_documented_examples(cli, tmp_path):
@@ -177,9 +177,9 @@ def test_exclude_with_add(cli, tmp_path):
 
 
 @pytest.mark.parametrize("dockerfile, message", [
-    ("FROM scratch\nCOPY --exclude=[ a /\n", r"Dockerfile:2:1: COPY --exclude: .*\["),
-    ("FROM scratch\nCOPY --parents=maybe a /\n", r"Dockerfile:2:1: COPY --parents=maybe: expected true or false"),
-    ("FROM scratch\nCOPY --exclude= a /\n", r"Dockerfile:2:1: COPY --exclude needs a pattern"),
+    ("FROM scratch\nCOPY --exclude=[ a /\n", r"Dockerfile:2:16: COPY --exclude: .*\["),
+    ("FROM scratch\nCOPY --parents=maybe a /\n", r"Dockerfile:2:16: COPY --parents=maybe: expected true or false"),
+    ("FROM scratch\nCOPY --exclude= a /\n", r"Dockerfile:2:6: COPY --exclude needs a pattern"),
 ])
 def test_bad_flags_name_the_line(cli, tmp_path, dockerfile, message):
     ctx = _context(tmp_path, {"a": "a"}, dockerfile)

@@ -148,7 +148,8 @@ def test_add_url_checksum_verified_and_mismatch_names_the_line(cli, tmp_path, ht
     (ok / "Dockerfile").write_text(f"FROM scratch\n\nADD --checksum={wrong} {base}/blob.bin /blob\n")
     res = cli("build", "-t", "bad:1", str(ok))
     assert res.code == 1
-    assert re.search(rf"Dockerfile:3:1: ADD {re.escape(base)}/blob.bin failed: .*checksum mismatch: "
+    col = len(f"ADD --checksum={wrong} ") + 1  # the URL's
+    assert re.search(rf"Dockerfile:3:{col}: ADD {re.escape(base)}/blob.bin failed: .*checksum mismatch: "
                      rf"expected {wrong}, downloaded content is {digest}", res.stderr), res.stderr
     assert "bad:1" not in cli("images").stdout
 
@@ -179,14 +180,14 @@ def test_add_url_bad_checksum_syntax(cli, tmp_path, http_root, flag, message):
     _serve(root, "f", b"f")
     ctx = _context(tmp_path, f"FROM scratch\nADD {flag} {base}/f /f\n")
     res = cli("build", str(ctx))
-    assert res.code == 1 and re.search(r"Dockerfile:2:1: .*" + message, res.stderr), res.stderr
+    assert res.code == 1 and re.search(r"Dockerfile:2:16: .*" + message, res.stderr), res.stderr
 
 
 def test_add_checksum_on_a_local_file_is_refused(cli, tmp_path):
     """BuildKit: "checksum can't be specified for non-HTTP(S) sources" (local files are not checked)."""
     ctx = _context(tmp_path, "FROM scratch\nADD --checksum=sha256:" + "a" * 64 + " Dockerfile /x\n")
     res = cli("build", str(ctx))
-    assert res.code == 1 and "Dockerfile:2:1: ADD --checksum needs exactly one source, a URL" in res.stderr
+    assert res.code == 1 and "Dockerfile:2:5: ADD --checksum needs exactly one source, a URL" in res.stderr
 
 
 def test_add_url_errors_are_clear(cli, tmp_path, http_root):
@@ -195,13 +196,13 @@ def test_add_url_errors_are_clear(cli, tmp_path, http_root):
     ctx = _context(tmp_path, f"FROM scratch\nADD {base}/missing.bin /x\n")
     res = cli("build", str(ctx))
     assert res.code == 1
-    assert re.search(rf"Dockerfile:2:1: ADD {re.escape(base)}/missing.bin failed: .*HTTP 404", res.stderr), res.stderr
+    assert re.search(rf"Dockerfile:2:5: ADD {re.escape(base)}/missing.bin failed: .*HTTP 404", res.stderr), res.stderr
 
     dead = f"http://127.0.0.1:{_free_port()}/file"
     (ctx / "Dockerfile").write_text(f"FROM scratch\nADD {dead} /x\n")
     res = cli("build", str(ctx))
     assert res.code == 1
-    assert re.search(rf"Dockerfile:2:1: ADD {re.escape(dead)} failed: .*connection refused", res.stderr), res.stderr
+    assert re.search(rf"Dockerfile:2:5: ADD {re.escape(dead)} failed: .*connection refused", res.stderr), res.stderr
 
 
 def test_add_url_follows_redirects_and_names_file_after_the_written_url(cli, tmp_path, http_root):
@@ -311,7 +312,7 @@ def test_add_git_keep_git_dir_and_checksum(cli, tmp_path, git_remote):
     (ctx / "Dockerfile").write_text(f"FROM scratch\nADD --checksum=0000000 {url} /repo\n")
     res = cli("build", str(ctx))
     assert res.code == 1
-    assert re.search(rf"Dockerfile:2:1: ADD {re.escape(url)} failed: .*checksum mismatch: expected commit 0000000, "
+    assert re.search(rf"Dockerfile:2:24: ADD {re.escape(url)} failed: .*checksum mismatch: expected commit 0000000, "
                      rf"HEAD is {commit}", res.stderr), res.stderr
 
 
@@ -355,7 +356,7 @@ def test_add_git_unreachable_or_unknown_ref_is_an_error(cli, tmp_path, git_remot
     dead = f"http://127.0.0.1:{_free_port()}/nothing.git"
     ctx = _context(tmp_path, f"FROM scratch\nADD {dead} /x\n")
     res = cli("build", str(ctx))
-    assert res.code == 1 and re.search(rf"Dockerfile:2:1: ADD {re.escape(dead)} failed: .*cannot fetch", res.stderr), \
+    assert res.code == 1 and re.search(rf"Dockerfile:2:5: ADD {re.escape(dead)} failed: .*cannot fetch", res.stderr), \
         res.stderr
     (ctx / "Dockerfile").write_text(f"FROM scratch\nADD {url}#no-such-branch /x\n")
     res = cli("build", str(ctx))

@@ -151,7 +151,7 @@ def test_failing_run_names_the_line_leaves_no_mount_and_no_tag(cli, tmp_path):
     res = cli("-t", "fail:1", str(ctx))
     assert res.code == 1
     assert "some output" in res.stderr
-    assert re.search(r"ERROR: .*Dockerfile:3: RUN echo some output && exit 7 exited 7", res.stderr), res.stderr
+    assert re.search(r"ERROR: .*Dockerfile:3:1: RUN echo some output && exit 7 exited 7", res.stderr), res.stderr
     log = re.search(r"^full output of the step: (\S+)$", res.stderr, re.M)
     assert log and Path(log.group(1)).read_text() == "some output\n"
     assert mountinfo() == before
@@ -162,8 +162,8 @@ def test_failing_run_names_the_line_leaves_no_mount_and_no_tag(cli, tmp_path):
 
 @pytest.mark.parametrize("dockerfile, expected", [
     ("FROM busybox:latest\nRUNN echo hi\n", r"Dockerfile:2:1: unknown instruction.*RUNN.*did you mean RUN"),
-    ("FROM busybox:latest\nCOPY missing.txt /\n", r"Dockerfile:2: COPY failed: 'missing.txt' not found in the build context"),
-    ("FROM nosuchimage:9\nRUN true\n", r"Dockerfile:1: base image 'nosuchimage:9' not found"),
+    ("FROM busybox:latest\nCOPY missing.txt /\n", r"Dockerfile:2:6: COPY failed: 'missing.txt' not found in the build context"),
+    ("FROM nosuchimage:9\nRUN true\n", r"Dockerfile:1:6: base image 'nosuchimage:9' not found"),
 ])
 def test_bad_input_is_one_clear_line_and_nothing_tagged(cli, tmp_path, dockerfile, expected):
     ctx = tmp_path / "bad"
@@ -352,7 +352,7 @@ def test_add_archive_that_climbs_out_is_refused(cli, tmp_path):
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nADD evil.tar /x/\n")
     res = cli("-t", "evil:1", str(ctx))
     assert res.code == 1
-    assert re.search(r"Dockerfile:2: ADD failed: cannot extract 'evil.tar'", res.stderr), res.stderr
+    assert re.search(r"Dockerfile:2:1: ADD failed: cannot extract 'evil.tar'", res.stderr), res.stderr
     assert not Path("/tmp/pybuild-evil-add").exists()
 
 

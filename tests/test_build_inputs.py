@@ -39,7 +39,7 @@ def test_lone_dockerfile_on_stdin_has_an_empty_context(cli):
     ok = cli("build", "-t", "lone", "-", input="FROM busybox\nRUN echo lone > /f\n", check=True)
     assert "naming to lone done" in ok.stderr
     bad = cli("build", "-", input=DOCKERFILE)
-    assert bad.code == 1 and "ERROR: Dockerfile:2: COPY failed: 'a' not found" in bad.stderr
+    assert bad.code == 1 and "ERROR: Dockerfile:2:6: COPY failed: 'a' not found" in bad.stderr
 
 
 def test_hostile_context_tar_is_refused(cli, tmp_path):
@@ -48,6 +48,33 @@ def test_hostile_context_tar_is_refused(cli, tmp_path):
         res = cli("build", "-t", "evil", "-", stdin=stdin)
     assert res.code == 2 and "not a usable tar" in res.stderr
     assert "evil" not in cli("images", check=True).stdout
+
+
+def test_stdin_tar_without_a_dockerfile_names_the_tar_not_a_temp_dir(cli, tmp_path):
+    (tmp_path / "ctx.tar").write_bytes(_tar({"a": b"x"}))
+    with open(tmp_path / "ctx.tar", "rb") as stdin:
+        res = cli("build", "-", stdin=stdin)
+    assert res.code == 1 and res.stderr.splitlines() == [
+        "ERROR: stdin context: no Dockerfile in the tar (add one at its top level, or name it with -f PATH-IN-TAR)"]
+    with open(tmp_path / "ctx.tar", "rb") as stdin:
+        res = cli("build", "-f", "sub/Dockerfile.ci", "-", stdin=stdin)
+    assert res.code == 1 and res.stderr.splitlines() == [
+        "ERROR: stdin context: -f sub/Dockerfile.ci: no such file in the tar"]
+
+
+def test_stdin_tar_dockerfile_named_by_f_is_inside_the_tar(cli, tmp_path):
+    """As docker: with a context tar on stdin, -f is a path in the tar; messages name it so."""
+    (tmp_path / "ctx.tar").write_bytes(_tar({"ci/Df": DOCKERFILE.encode(), "a": b"in the tar\n",
+                                             "bad/Df": b"FROM busybox\nNOSUCH x\n"}))
+    with open(tmp_path / "ctx.tar", "rb") as stdin:
+        cli("build", "-t", "tarf", "-f", "ci/Df", "-", stdin=stdin, check=True)
+    assert cli("run", "tarf", "cat", "/copied", check=True).stdout == "in the tar\n"
+    with open(tmp_path / "ctx.tar", "rb") as stdin:
+        res = cli("build", "-f", "../outside", "-", stdin=stdin)
+    assert res.code == 1 and "ERROR: stdin context: -f ../outside: no such file in the tar" in res.stderr
+    with open(tmp_path / "ctx.tar", "rb") as stdin:
+        res = cli("build", "-f", "bad/Df", "-", stdin=stdin)
+    assert res.code == 1 and res.stderr.startswith("bad/Df:2:") and "pybuild-context" not in res.stderr
 
 
 def test_dockerfile_from_stdin_with_context_dir(cli, tmp_path):
@@ -64,13 +91,17 @@ def test_both_stdin_is_a_usage_error(cli):
 def test_label_flag_sets_final_image_labels_over_dockerfile(cli, tmp_path):
     (tmp_path / "a").write_text("x")
     (tmp_path / "Dockerfile").write_text(DOCKERFILE)
-    cli("build", "-t", "lab", "--label", "x=2", "--label", "org.example=v 1", str(tmp_path), check=True)
-    assert _config(cli, "lab")["Labels"] == {"x": "2", "org.example": "v 1"}
+    cli("build", "-t", "lab", "--label", "x=2", "--label", "org.example=v 1", "--label", "novalue",
+        str(tmp_path), check=True)
+    # `--label K` is K with an empty value, as docker's ConvertKVStringsToMap has it
+    assert _config(cli, "lab")["Labels"] == {"x": "2", "org.example": "v 1", "novalue": ""}
 
 
 @pytest.mark.parametrize("flag,msg", [
-    (["--label", "novalue"], "--label 'novalue': expected KEY=VALUE"),
+    (["--label", "=v"], "--label '=v': expected KEY=VALUE or KEY"),
     (["--platform", "linux/arm64"], "only linux/amd64"),
+    (["--platform", "garbage"], "pybuild: --platform garbage: expected OS/ARCH[/VARIANT], e.g. linux/amd64"),
+    (["--platform", "linux/amd64/v2/x"], "--platform linux/amd64/v2/x: expected OS/ARCH[/VARIANT]"),
     (["--jobs", "0"], "--jobs"),
 ])
 def test_bad_flags_exit_2(cli, tmp_path, flag, msg):

@@ -58,7 +58,7 @@ def test_onbuild_triggers_run_in_the_child_and_are_not_inherited(cli, tmp_path):
 def test_copy_from_own_stage_number_is_an_error_not_a_hang(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nCOPY --from=0 /etc/passwd /p\n")
     assert res.code == 1
-    assert "Dockerfile:2: COPY --from=0 names this stage or a later one" in res.stderr
+    assert "Dockerfile:2:13: COPY --from=0 names this stage or a later one" in res.stderr
 
 
 def test_unsupported_flags_fail_before_any_step_runs(cli, tmp_path):
@@ -72,9 +72,9 @@ def test_unsupported_flags_fail_before_any_step_runs(cli, tmp_path):
 
 def test_bad_expose_and_healthcheck_values_name_the_line(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nEXPOSE abc\n")
-    assert res.code == 1 and "Dockerfile:2: EXPOSE abc" in res.stderr
+    assert res.code == 1 and "Dockerfile:2:8: EXPOSE abc" in res.stderr
     res = _build(cli, tmp_path, "FROM busybox:latest\nHEALTHCHECK --interval=soon CMD true\n")
-    assert res.code == 1 and "Dockerfile:2: HEALTHCHECK --interval=soon" in res.stderr
+    assert res.code == 1 and "Dockerfile:2:24: HEALTHCHECK --interval=soon" in res.stderr
 
 
 def test_run_network_flag_per_step(cli, tmp_path):
@@ -97,7 +97,7 @@ def test_proxy_build_args_reach_run_without_arg_and_do_not_change_the_key(cli, t
 def test_unknown_user_names_the_run_line(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nUSER ghost\nRUN true\n")
     assert res.code == 1
-    assert re.search(r"Dockerfile:3: .*ghost", res.stderr), res.stderr
+    assert re.search(r"Dockerfile:3:1: .*ghost", res.stderr), res.stderr
 
 
 def test_copy_heredocs_become_files(cli, tmp_path):
@@ -130,7 +130,7 @@ def test_out_of_memory_run_is_reported_as_such(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nRUN x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}\n",
                  "t:1", "--memory", "64m")
     assert res.code == 1
-    assert re.search(r"Dockerfile:2: RUN .* killed: out of memory, limit 64 MiB", res.stderr), res.stderr
+    assert re.search(r"Dockerfile:2:1: RUN .* killed: out of memory, limit 64 MiB", res.stderr), res.stderr
     assert not any(line.startswith("t ") for line in cli("images").stdout.splitlines())
 
 
@@ -178,7 +178,7 @@ def test_onbuild_arg_consumes_its_build_arg_without_a_warning(cli, tmp_path):
 
 def test_stopsignal_must_be_a_signal(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nSTOPSIGNAL SIGBOGUS\n")
-    assert res.code == 1 and "Dockerfile:2: STOPSIGNAL SIGBOGUS: not a signal name or number" in res.stderr
+    assert res.code == 1 and "Dockerfile:2:12: STOPSIGNAL SIGBOGUS: not a signal name or number" in res.stderr
     for ok in ("SIGQUIT", "TERM", "9", "SIGRTMIN+3"):
         assert _build(cli, tmp_path, f"FROM busybox:latest\nSTOPSIGNAL {ok}\n").code == 0
 

@@ -149,9 +149,15 @@ def test_secret_repr_never_shows_the_bytes():
 
 
 def test_error_column_points_at_the_mount_value():
-    original = "RUN --network=none \\\n    --mount=type=cache,tgt=/x true"
-    assert m.flag_column(original, 4, 1, "type=cache,tgt=/x") == (5, 13)
-    assert m.flag_column("RUN --mount=a true", 2, 1, "a") == (2, 13)
+    from pybuild.grammar import parse
+
+    # on a continuation line (the instruction's text has its lines joined: this was 4:32)
+    df = parse("FROM x\n\nARG A\nRUN --network=none \\\n    --mount=type=cache,tgt=/x true\n", "df")
+    assert m.mount_location(df.stages[0].instructions[1], "type=cache,tgt=/x") == "df:5:13"
+    df = parse("FROM x\n  RUN --mount=a --mount=b true\n", "Dockerfile")
+    run = df.stages[0].instructions[0]
+    assert m.mount_location(run, "a") == "Dockerfile:2:15"
+    assert m.mount_location(run, "b") == "Dockerfile:2:25"
 
 
 # -- cache mount store: locking and instances (host side, no sandbox) -----------------------------
@@ -304,8 +310,9 @@ def test_cache_mount_persists_across_builds_and_never_enters_a_layer(cli, tmp_pa
     # prune -a removes cache mounts (as docker builder prune -a); plain prune keeps them
     cli("prune", "-f", check=True)
     assert m.cache_mount_usage(cli.root)
-    res = cli("prune", "-a", "-f", check=True)
+    res = cli("prune", "-a", "-f", "-v", check=True)  # -v lists what went
     assert "cache mount app-cache" in res.stdout
+    assert re.search(r"^Cache mounts +1 +[1-9]", res.stdout, re.M)  # the report counts it
     assert m.cache_mount_usage(cli.root) == []
 
 

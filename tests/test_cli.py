@@ -25,6 +25,8 @@ def test_version_and_help():
 
 @pytest.mark.parametrize("args, message", [
     (["image"], "unknown command 'image' (did you mean images?)"),
+    (["nosuchcmd"], "pybuild: unknown command or build context 'nosuchcmd' (commands: build, check, "),
+    (["nosuchcmd"], "; a context must be an existing directory or -)"),
     (["build"], "the following arguments are required: context"),
     (["build", "--network=bridge", "."], "invalid choice: 'bridge'"),
     (["save", "hello:1.0"], "the following arguments are required: -o/--output"),
@@ -35,6 +37,14 @@ def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     assert message in res.stderr
     assert len(res.stderr.strip().splitlines()) <= 3  # argparse's usage line + the message
     assert "Traceback" not in res.stderr
+
+
+def test_implicit_build_of_a_bare_context_still_works(cli):
+    """`pybuild .` and `pybuild DIR` are builds; only a word that is neither is refused."""
+    res = cli("-q", ".", cwd=SAMPLES / "hello")
+    assert res.code == 0 and res.stdout.startswith("sha256:"), res.stderr
+    res = cli("samples/hello", cwd=SAMPLES.parent)
+    assert res.code == 0 and "unknown command" not in res.stderr, res.stderr
 
 
 def test_bad_tag_is_a_usage_error(cli):
@@ -98,9 +108,10 @@ def test_images_digests_and_quiet(cli):
 def test_non_utf8_dockerfile_and_non_tar_import_are_one_line_errors(cli, tmp_path):
     ctx = tmp_path / "bad"
     ctx.mkdir()
-    (ctx / "Dockerfile").write_bytes(b"FROM busybox:latest\nRUN echo \xff\n")
+    (ctx / "Dockerfile").write_bytes("FROM busybox:latest\nRUN echo é ".encode() + b"\xff\n")
     res = cli("-t", "bad:1", str(ctx))
-    assert res.code == 1 and "Dockerfile:2: not valid UTF-8 (byte 0xff)" in res.stderr
+    # LINE:COL, the column counting characters (é is two bytes)
+    assert res.code == 1 and "Dockerfile:2:12: not valid UTF-8 (byte 0xff)" in res.stderr
     assert "Traceback" not in res.stderr
     notatar = tmp_path / "notatar"
     notatar.write_text("root:x:0:0::/root:/bin/sh\n")

@@ -400,6 +400,43 @@ def test_error_str_has_location_source_and_caret() -> None:
     ]
 
 
+@pytest.mark.parametrize("engine", ["fast", "lark"])
+def test_flag_and_word_positions_for_build_errors(engine: str) -> None:
+    """Where each flag and argument of an instruction is (1-based line:col), for the errors the
+    build reports after parsing; also on continuation lines (whose text the parser joins), inside
+    ONBUILD, after tabs and with a repeated flag."""
+    text = ("FROM --platform=linux/arm64 \\\n    ${BASE} AS b\n"
+            "\tCOPY --from=nosuch --chmod=75x \\\n  # note\n\n   a.txt \\\n\\\n  /dst/\n"
+            "  ONBUILD RUN --mount=type=cache --mount=type=tmpfs true\n"
+            "EXPOSE 80 \"8080\" 8080/xyz\n"
+            "ENV A=\"${X:?need X}\"\n"
+            "HEALTHCHECK --retries=x CMD true\n"
+            "COPY [\"a b\", \"/c\"]\n")
+    df = parse(text, "Dockerfile", engine=engine)
+    base = df.stages[0].base
+    assert base.flag_position("platform") == (1, 17)
+    assert base.flag_position("platform", at_value=False) == (1, 6)
+    assert base.word_position("${BASE}") == (2, 5)
+    copy, onbuild, expose, env, health, json_copy = df.stages[0].instructions
+    assert copy.span.start_col == 2
+    assert copy.flag_position("from") == (3, 14) and copy.flag_position("chmod") == (3, 29)
+    assert copy.word_position("a.txt") == (6, 4) and copy.word_position("/dst/") == (8, 3)
+    assert copy.flag_position("chown") == (3, 2)  # no such flag: the instruction
+    assert copy.word_position("nosuch") == (3, 2)  # a flag's value is not an argument
+    run = onbuild.instruction
+    assert (run.span.start_line, run.span.start_col) == (9, 11)
+    assert run.flag_position("mount", "type=cache") == (9, 23)
+    assert run.flag_position("mount") == (9, 42)  # the last one
+    assert run.word_position("true") == (9, 53)
+    assert expose.word_position("80") == (10, 8)  # not inside "8080"
+    assert expose.word_position("8080") == (10, 12) and expose.word_position('"8080"') == (10, 11)
+    assert expose.word_position("8080/xyz") == (10, 18)
+    assert env.word_position("need") == (11, 1)  # not a whole word: the instruction
+    assert env.word_position('"${X:?need X}"') == (11, 7)
+    assert health.flag_position("retries") == (12, 23)
+    assert json_copy.word_position("a b") == (13, 8) and json_copy.word_position("/c") == (13, 15)
+
+
 def test_error_is_exception_with_attributes() -> None:
     err = DockerfileError("f", 1, 2, "m", "src")
     assert isinstance(err, Exception)

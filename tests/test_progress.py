@@ -537,4 +537,31 @@ def test_dockerfile_excerpt_marks_the_failing_instruction():
     assert dockerfile_excerpt(text, "Dockerfile", "Dockerfile:1:5").splitlines()[2] == " 1 | >>> FROM busybox"
     assert dockerfile_excerpt(text, "Dockerfile", "ONBUILD triggers of x:1") is None
     assert dockerfile_excerpt(text, "Dockerfile", "Dockerfile:99") is None
+    assert dockerfile_excerpt(text, "Dockerfile", "Dockerfile:99:1") is None
+    assert dockerfile_excerpt(text, "other/Dockerfile", "Dockerfile:3:1") is None
     assert dockerfile_excerpt(text, "Dockerfile", None) is None
+    # at the keyword: BuildKit's excerpt as it is, no caret
+    assert dockerfile_excerpt(text, "Dockerfile", "Dockerfile:3:1") == dockerfile_excerpt(text, "Dockerfile",
+                                                                                         "Dockerfile:3")
+
+
+def test_dockerfile_excerpt_caret_points_at_the_column():
+    """A location inside the instruction (a flag on a continuation line, after a comment and a
+    blank line, tab-indented) marks the whole instruction and puts a caret under LINE:COL."""
+    from pybuild.progress import dockerfile_excerpt
+
+    text = ("FROM busybox\nRUN --network=none \\\n  # note\n\n\t--mount=type=cache,bogus=1 \\\n"
+            "  true\nCMD x\n")
+    assert dockerfile_excerpt(text, "build/Dockerfile", "build/Dockerfile:5:10", context=1) == (
+        "build/Dockerfile:2\n--------------------\n"
+        " 1 |     FROM busybox\n"
+        " 2 | >>> RUN --network=none \\\n"
+        " 3 | >>>   # note\n"
+        " 4 | >>>\n"
+        " 5 | >>> \t--mount=type=cache,bogus=1 \\\n"
+        "   |     \t        ^\n"
+        " 6 | >>>   true\n"
+        " 7 |     CMD x\n"
+        "--------------------")
+    lines = dockerfile_excerpt("FROM busybox AS b\n", "Dockerfile", "Dockerfile:1:6").splitlines()
+    assert lines[2:4] == [" 1 | >>> FROM busybox AS b", "   |          ^"]
