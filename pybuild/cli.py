@@ -709,8 +709,10 @@ def cmd_images(args) -> int:
 
 
 def _changes(items: list[str]) -> dict:
-    """--change "CMD [..]" and friends, parsed by the Dockerfile grammar, mapped to config fields."""
-    from pybuild.grammar import DockerfileError, ast, expand_word, parse
+    """--change "CMD [..]" and friends (docker import's set), parsed by the Dockerfile grammar,
+    expanded with the ENVs given before them (as docker does), mapped to config fields."""
+    from pybuild.builder.solver import _PORT
+    from pybuild.grammar import DockerfileError, ExpansionError, ast, expand_word, parse
 
     if not items:
         return {}
@@ -719,21 +721,44 @@ def _changes(items: list[str]) -> dict:
     except DockerfileError as exc:
         raise UsageError(str(exc)) from None
     out: dict = {}
+    env: dict[str, str] = {}
     for ins in df.stages[0].instructions:
+        item = ins.original.strip()
+        def x(word: str) -> str:
+            try:
+                return expand_word(word, env)
+            except ExpansionError as exc:
+                raise UsageError(f"--change {item!r}: {exc}") from None
+
         if isinstance(ins, (ast.Cmd, ast.Entrypoint)):
             value = list(ins.command.args) if isinstance(ins.command, ast.ExecForm) else ["/bin/sh", "-c",
                                                                                           ins.command.text]
             out["Cmd" if isinstance(ins, ast.Cmd) else "Entrypoint"] = value
         elif isinstance(ins, ast.Env):
-            env = out.setdefault("Env", [])
-            env.extend(f"{k}={expand_word(v, {})}" for k, v in ins.pairs)
+            for k, v in ins.pairs:
+                env[k] = x(v)
+                out.setdefault("Env", []).append(f"{k}={env[k]}")
         elif isinstance(ins, ast.Workdir):
-            out["WorkingDir"] = ins.path
+            out["WorkingDir"] = x(ins.path)
         elif isinstance(ins, ast.User):
-            out["User"] = ins.user
+            out["User"] = x(ins.user)
+        elif isinstance(ins, ast.Label):
+            out.setdefault("Labels", {}).update((x(k), x(v)) for k, v in ins.pairs)
+        elif isinstance(ins, ast.Expose):
+            ports = out.setdefault("ExposedPorts", [])
+            for word in ins.ports:
+                port = x(word)
+                if not _PORT.fullmatch(port):
+                    raise UsageError(f"--change {item!r}: EXPOSE {port}: expected PORT, PORT/PROTO or a range "
+                                     "such as 8000-8010/udp")
+                ports.append(port.lower() if "/" in port else f"{port}/tcp")
+        elif isinstance(ins, ast.Volume):
+            out.setdefault("Volumes", []).extend(x(p) for p in ins.paths)
+        elif isinstance(ins, ast.StopSignal):
+            out["StopSignal"] = x(ins.signal)
         else:
-            raise UsageError(f"--change: {ins.original.split()[0]} is not supported "
-                             "(use CMD, ENTRYPOINT, ENV, WORKDIR or USER)")
+            raise UsageError(f"--change {item!r}: {ins.keyword} is not supported "
+                             "(use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME or WORKDIR)")
     return out
 
 

@@ -199,3 +199,30 @@ def test_outputs_iidfile_and_metadata_file(cli, tmp_path):
     assert res.code == 2 and "unknown type 'nosuch'" in res.stderr
     res = cli("build", "-o", "type=registry", str(SAMPLES / "hello"))  # pushing needs a name
     assert res.code == 2 and "type=registry needs name=REF" in res.stderr
+
+
+def test_import_changes_are_docker_imports_set_expanded_in_order(cli, tmp_path):
+    src = tmp_path / "rootfs"
+    src.mkdir()
+    (src / "f").write_text("x\n")
+    res = cli("import", "--change", "ENV P=8080", "--change", "EXPOSE $P 53/UDP",
+              "--change", 'LABEL a=b "c d"=e', "--change", "VOLUME /data", "--change", "STOPSIGNAL SIGUSR1",
+              "--change", "ENV B=${P}x", "--change", "WORKDIR /w$P", str(src), "imp:1")
+    assert res.code == 0, res.stderr
+    cfg = json.loads(cli("inspect", "imp:1", check=True).stdout)[0]["Config"]
+    assert cfg["Env"] == ["P=8080", "B=8080x"] and cfg["WorkingDir"] == "/w8080"
+    assert cfg["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}} and cfg["Volumes"] == {"/data": {}}
+    assert cfg["Labels"] == {"a": "b", "c d": "e"} and cfg["StopSignal"] == "SIGUSR1"
+
+
+@pytest.mark.parametrize("change, message", [
+    ("ENV A=${X:?msg}", "--change 'ENV A=${X:?msg}': failed to process '${X:?msg}': X: msg"),
+    ("EXPOSE abc", "--change 'EXPOSE abc': EXPOSE abc: expected PORT"),
+    ("RUN true", "--change 'RUN true': RUN is not supported"),
+])
+def test_bad_import_change_is_a_usage_error_and_imports_nothing(cli, tmp_path, change, message):
+    src = tmp_path / "rootfs"
+    src.mkdir()
+    res = cli("import", "--change", change, str(src), "bad:1")
+    assert res.code == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert "bad" not in cli("images", check=True).stdout
