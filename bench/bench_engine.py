@@ -9,6 +9,9 @@ Cases, each timed as the median of --runs wall times:
   one-file  one source file changed: only the steps from its COPY on rerun
   parallel  three independent CPU-heavy stages + a final stage copying from all three,
             against the longest single stage built alone
+  RUN step  the fixed cost of one RUN step (issue 5): a --no-cache build of FROM + --steps x
+            `RUN true` minus one of FROM + `RUN true`, divided by steps-1 (setup, `true`,
+            teardown, diff of an empty upper, commit)
 and pybuild's peak RSS (from wait4's ru_maxrss, the same number `/usr/bin/time -v` reports) on
 the cold build.  Reference builders: `buildah bud --layers` (its own store in the work dir;
 isolation oci with runc if that works here, else chroot, and the report says which) and
@@ -227,6 +230,7 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--mib", type=int, default=50)
     ap.add_argument("--loop", type=int, default=1_500_000, help="iterations of each CPU-heavy stage")
+    ap.add_argument("--steps", type=int, default=50, help="RUN steps of the per-step case")
     ap.add_argument("--no-buildah", action="store_true")
     ap.add_argument("--no-buildkit", action="store_true")
     opts = ap.parse_args()
@@ -243,6 +247,10 @@ def main() -> int:
     par.mkdir()
     (par / "Dockerfile").write_text(PARALLEL.format(n=opts.loop))
     (par / "single.Dockerfile").write_text(SINGLE.format(n=opts.loop))
+    steps = work / "steps"
+    steps.mkdir()
+    (steps / "Dockerfile").write_text("FROM busybox\n" + "RUN true\n" * opts.steps)
+    (steps / "one.Dockerfile").write_text("FROM busybox\nRUN true\n")
 
     builders: list[Builder] = [Pybuild(work, busybox_oci)]
     if not opts.no_buildah and shutil.which("buildah"):
@@ -274,12 +282,17 @@ def main() -> int:
                 par_walls.append(b.build(par, "par:1", no_cache=True)[0])
                 single_walls.append(b.build(par, "single:1", par / "single.Dockerfile", no_cache=True)[0])
             r["parallel (3 stages)"], r["one stage alone"] = median(par_walls), median(single_walls)
+            many, one_step = [], []
+            for _ in range(opts.runs):
+                many.append(b.build(steps, "steps:1", no_cache=True)[0])
+                one_step.append(b.build(steps, "step:1", steps / "one.Dockerfile", no_cache=True)[0])
+            r["RUN step (ms)"] = (median(many) - median(one_step)) / (opts.steps - 1) * 1000
     finally:
         for b in builders:
             if isinstance(b, BuildKit):
                 b.stop()
 
-    cases = ["cold", "cached", "one-file", "parallel (3 stages)", "one stage alone"]
+    cases = ["cold", "cached", "one-file", "parallel (3 stages)", "one stage alone", "RUN step (ms)"]
     print(f"\ncontext: {opts.files} files, {opts.mib} MiB; median of {opts.runs} runs; CPUs: {os.cpu_count()}")
     if any(isinstance(b, Buildah) for b in builders):
         print(f"buildah isolation: {next(b for b in builders if isinstance(b, Buildah)).isolation}")
@@ -287,7 +300,8 @@ def main() -> int:
     head += "".join(f"{'pb/' + b.name:>14}" for b in builders[1:])
     print(head)
     for case in cases:
-        line = f"{case:22}" + "".join(f"{results[b.name][case]:>11.2f}s" for b in builders)
+        unit = "" if case.endswith("(ms)") else "s"
+        line = f"{case:22}" + "".join(f"{results[b.name][case]:>11.2f}{unit or ' '}" for b in builders)
         line += "".join(f"{results['pybuild'][case] / results[b.name][case]:>14.2f}" for b in builders[1:])
         print(line)
     print(f"{'cold peak RSS':22}{results['pybuild']['cold peak RSS MiB']:>10.1f}MiB  (pybuild's own process)")

@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("reference", help="NAME[:TAG]")
     im.add_argument("-m", "--message", help="the history comment (default: 'imported from SOURCE')")
     im.add_argument("-c", "--change", action="append", default=[],
-                    help="Dockerfile instruction applied to the config: CMD, ENTRYPOINT, ENV, WORKDIR, USER")
+                    help="Dockerfile instruction applied to the config (repeatable): CMD, ENTRYPOINT, ENV, EXPOSE, "
+                         "LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR")
 
     ld = sub.add_parser("load", help="load images from an OCI or docker archive (docker/podman save, skopeo)",
                         description="Example: pybuild load -i hello.tar")
