@@ -175,7 +175,7 @@ def resolve_commit(ref: GitRef) -> str | None:
 
 def _require_git() -> None:
     if shutil.which("git") is None:
-        raise FetchError("ADD of a git repository needs the git command, which is not installed")
+        raise FetchError("a git repository (ADD or a build context) needs the git command, which is not installed")
 
 
 def checkout(ref: GitRef, dest_dir: Path, *, keep_git_dir: bool = False, checksum: str | None = None,
@@ -274,5 +274,15 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def _last_line(text: str) -> str:
+    """The line of git's stderr that says why: its first `fatal:`/`error:` line, or, when that is
+    the generic "Could not read from remote repository." (an ssh failure, whose stderr ends with
+    advice), the transport's own line before it; else the last line."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "no error output"
+    if not lines:
+        return "no error output"
+    for i, line in enumerate(lines):
+        if line.startswith(("fatal:", "error:")):
+            if line == "fatal: Could not read from remote repository." and i > 0:
+                return lines[i - 1]
+            return line
+    return lines[-1]

@@ -85,6 +85,7 @@ class BuildOptions:
     source_date_epoch: int | None = None
     ignore: DockerIgnore | None = None
     ignore_file: str = ".dockerignore"
+    remember_context_digests: bool = True    # False for a throwaway context (stdin tar, URL): read once
     resources: Resources | None = None       # cgroup limits for every RUN (not part of cache keys)
     userns: IdMap | None = None              # --userns=auto: RUN in a user namespace (same result: not in keys)
     allow: frozenset[str] = frozenset()      # entitlements, e.g. "security.insecure"
@@ -143,7 +144,7 @@ class Solver:
         self.cancelled = threading.Event()
         self._created = _created(options.source_date_epoch)
         self.context_view = ContextView(options.context, options.ignore, options.ignore_file,
-                                        checksums=store.index)
+                                        checksums=store.index if options.remember_context_digests else None)
         self.cache = CacheSources.open(store.index, options.cache_from, warn=reporter.warning)
         self.used_records: dict[str, CacheRecord] = {}  # every step's record in this build (--cache-to)
         self.final_keys: list[str] = []                 # the target stage's step keys (--cache-to mode=min)

@@ -40,9 +40,13 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build an image from a Dockerfile",
                        description="Build an image from a Dockerfile. Example: pybuild build -t app:1.0 .")
-    b.add_argument("context", help="build context directory, or - for a context tar (or a lone Dockerfile) on stdin")
+    b.add_argument("context", metavar="PATH | URL | -",
+                   help="build context: a directory; - for a context tar (or a lone Dockerfile) on stdin; or a URL: "
+                        "a git repository (REPO.git, git://, ssh://, git@HOST:PATH, file://; #REF:SUBDIR picks a "
+                        "branch, tag or commit and the context directory in it) or an http(s) tar (a plain file "
+                        "there is the Dockerfile, with an empty context)")
     b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile; - reads it from stdin; with a context tar "
-                        "on stdin, a path in the tar)")
+                        "on stdin or a URL context, a path inside that context)")
     b.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
     b.add_argument("--build-arg", action="append", default=[], metavar="K=V",
                    help="set a build argument (K alone takes its value from the environment)")
@@ -207,7 +211,7 @@ def _normalise_argv(argv: list[str]) -> list[str]:
             return argv
         if a in COMMANDS:
             return argv
-        if not a.startswith("-") and not os.path.exists(a):
+        if not a.startswith("-") and not os.path.exists(a) and not _looks_like_url(a):
             import difflib  # only for this message: keeps it out of every command's start-up
 
             near = difflib.get_close_matches(a, COMMANDS, n=1, cutoff=0.6)
@@ -215,9 +219,15 @@ def _normalise_argv(argv: list[str]) -> list[str]:
                 raise UsageError(f"unknown command {a!r} (did you mean {near[0]}?)")
             # neither a command nor a context `build` could use: say both, not "not a directory"
             raise UsageError(f"unknown command or build context {a!r} (commands: {', '.join(sorted(COMMANDS))}; "
-                             "a context must be an existing directory or -)")
+                             "a context must be an existing directory, - or a URL)")
         return argv[:i] + ["build"] + argv[i:]
     return argv
+
+
+def _looks_like_url(word: str) -> bool:
+    from pybuild.builder.url_context import is_url_context
+
+    return is_url_context(word)
 
 
 def _pull_policy_flags(argv: list[str]) -> list[str]:
@@ -330,33 +340,68 @@ def cmd_build(args) -> int:
     labels = _labels(args.label)
     if args.context == "-" and args.file == "-":
         raise UsageError("-f - and a context of - cannot both read stdin")
-    with tempfile.TemporaryDirectory(prefix="pybuild-context-") as stdin_dir:
+    if _looks_like_url(args.context):
+        from pybuild.builder.url_context import check_url
+
+        check_url(args.context)  # a malformed URL is a usage error, before anything is fetched
+    # A stdin or URL context lives in this directory, removed after the build (also on error, Ctrl-C, SIGTERM).
+    with tempfile.TemporaryDirectory(prefix="pybuild-context-") as tmp:
         stdin_dockerfile = None
+        if _looks_like_url(args.context):
+            return _build_url_context(args, labels, Path(tmp))
         if args.context == "-":
-            args.context, stdin_dockerfile = _context_from_stdin(Path(stdin_dir))
+            args.context, stdin_dockerfile = _context_from_stdin(Path(tmp))
             if stdin_dockerfile is not None and not args.file:
                 args.file = "-"
             elif stdin_dockerfile is None:
-                args.file = _dockerfile_in_stdin_tar(Path(args.context), args.file)
+                args.file = _dockerfile_in_context(Path(args.context), args.file, "stdin context", "in the tar",
+                                                   "add one at its top level, or name it with -f PATH-IN-TAR")
                 return _build(args, labels, None, tar_context=Path(args.context))
         return _build(args, labels, stdin_dockerfile)
 
 
-def _dockerfile_in_stdin_tar(context: Path, name: str | None) -> str:
-    """The Dockerfile of a context tar read from stdin: ``-f NAME`` is a path inside the tar, as
-    docker has it (default ``Dockerfile``).  Errors name the tar, never the temporary directory."""
+def _build_url_context(args, labels: dict[str, str], tmp: Path) -> int:
+    """`pybuild build URL`: a git repository checked out, or an http(s) tar unpacked, into ``tmp``
+    (see builder/url_context.py); then the build, as for a context tar on stdin."""
+    from pybuild.builder.url_context import fetch_context, keep_git_dir, redact
+
+    url, shown = args.context, redact(args.context)
+    fetched = fetch_context(url, tmp, keep_git=keep_git_dir(_build_args(args.build_arg)))
+    where = f"build context {shown}"
+    if fetched.dockerfile is not None:  # the URL is the Dockerfile; the context is empty
+        if args.file == "-":
+            raise UsageError(f"-f -: {where} is itself a Dockerfile; give the Dockerfile only once")
+        if args.file:
+            raise PybuildError(f"{where}: -f {args.file}: the URL is a single Dockerfile, not a tar, "
+                               "so there is no file to name")
+        args.context, args.file = str(fetched.directory), "-"
+        return _build(args, labels, fetched.dockerfile, tar_context=fetched.directory, label=where)
+    args.context = str(fetched.directory)
+    if args.file != "-":
+        if fetched.kind == "git":
+            subdir = url.partition("#")[2].partition(":")[2].strip("/")
+            inside = f"in {subdir}/ of the repository" if subdir else "in the repository"
+            hint = "name it with -f PATH, relative to the context"
+        else:
+            inside, hint = "in the tar", "add one at its top level, or name it with -f PATH-IN-TAR"
+        args.file = _dockerfile_in_context(fetched.directory, args.file, where, inside, hint)
+    return _build(args, labels, None, tar_context=fetched.directory, label=where)
+
+
+def _dockerfile_in_context(context: Path, name: str | None, where: str, inside: str, hint: str) -> str:
+    """The Dockerfile of a context read from stdin or a URL: ``-f NAME`` is a path inside that
+    context, as docker has it (default ``Dockerfile``).  Errors say ``where`` and ``inside`` (the
+    tar, the repository), never the temporary directory."""
     import posixpath
 
-    if name is None:
-        if not (context / "Dockerfile").is_file():
-            raise PybuildError("stdin context: no Dockerfile in the tar (add one at its top level, "
-                               "or name it with -f PATH-IN-TAR)")
-        return str(context / "Dockerfile")
-    rel = posixpath.normpath(name.lstrip("/"))
+    rel = posixpath.normpath((name or "Dockerfile").lstrip("/"))
     path = context / rel
+    # a symlink out of the context (a repository can hold one) is no Dockerfile of it
     if rel.startswith("../") or rel == ".." or not path.resolve().is_relative_to(context.resolve()) \
             or not path.is_file():
-        raise PybuildError(f"stdin context: -f {name}: no such file in the tar")
+        if name is None:
+            raise PybuildError(f"{where}: no Dockerfile {inside} ({hint})")
+        raise PybuildError(f"{where}: -f {name}: no such file {inside}")
     return str(path)
 
 
@@ -415,28 +460,25 @@ def _context_from_stdin(dest: Path) -> tuple[str, bytes | None]:
     as `docker build - < Dockerfile` does.  Returns the context dir and, when stdin held only
     a Dockerfile, its bytes.
     """
-    import tarfile
-
-    import tarsafe
+    from pybuild.builder.url_context import NotUsableTar, unpack_context_tar
 
     spooled = dest / "stdin"
     with open(spooled, "wb") as f:
         shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
     context = dest / "context"
     context.mkdir()
-    if tarfile.is_tarfile(spooled):
-        try:
-            with tarsafe.open(spooled, "r:*") as tar:
-                tar.extractall(context)
-        except (tarfile.TarError, tarsafe.TarSafeException, OSError) as exc:
-            raise UsageError(f"build context from stdin: not a usable tar: {exc}") from None
-        return str(context), None
+    try:
+        if unpack_context_tar(spooled, context):  # the same unpacking as a URL context's tar
+            return str(context), None
+    except NotUsableTar as exc:
+        raise UsageError(f"build context from stdin: not a usable tar: {exc}") from None
     return str(context), spooled.read_bytes()
 
 
-def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_context: Path | None = None) -> int:
-    """The build; ``tar_context``: the context is that unpacked stdin tar, and messages name its
-    files by their paths in the tar, not in the temporary directory."""
+def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_context: Path | None = None,
+           label: str = "stdin context") -> int:
+    """The build; ``tar_context``: the context is that temporary directory (a stdin tar, a URL's
+    tar or checkout), and messages name its files by their paths in it, after ``label``."""
     from pybuild.builder.mounts import SshAgents
     from pybuild.builder.solver import BuildOptions, StepFailed, build
     from pybuild.grammar import DockerfileError, parse
@@ -464,7 +506,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
         line = data[: exc.start].count(b"\n") + 1
         line_start = data.rfind(b"\n", 0, exc.start) + 1  # the line's text before the bad byte is valid UTF-8
         col = len(data[line_start: exc.start].decode("utf-8-sig" if line_start == 0 else "utf-8")) + 1
-        where = f"stdin context: {dockerfile_name}" if tar_context is not None else str(dockerfile_path)
+        where = f"{label}: {dockerfile_name}" if tar_context is not None else str(dockerfile_path)
         raise PybuildError(f"{where}:{line}:{col}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
     for tag in args.tag:
         try:
@@ -481,13 +523,13 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
         raise UsageError(f"--pull={args.pull}: expected --pull, --pull=always, --pull=missing or --pull=never")
     if args.push and not args.tag:
         raise UsageError("--push needs at least one -t NAME to push to")
-    ignore, ignore_file = _dockerignore(context, dockerfile_path, tar_context)
+    ignore, ignore_file = _dockerignore(context, dockerfile_path, tar_context, label)
     # As for BuildKit, SOURCE_DATE_EPOCH comes from --build-arg, else from the environment.
     sde = _build_args(args.build_arg).get("SOURCE_DATE_EPOCH", os.environ.get("SOURCE_DATE_EPOCH"))
     if sde is not None and sde != "" and not sde.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH={sde!r}: expected a whole number of seconds since 1970")
     options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag, ignore=ignore,
-                           ignore_file=ignore_file,
+                           ignore_file=ignore_file, remember_context_digests=tar_context is None,
                            build_args=_build_args(args.build_arg), target=args.target,
                            no_cache=args.no_cache, network=args.network, resources=_resources(args),
                            userns=userns_idmap(args.userns),
@@ -665,7 +707,7 @@ def _print_cache_report(args, reporter) -> None:
         sys.stderr.write(render_cache_report(reporter.summary))
 
 
-def _dockerignore(context: Path, dockerfile: Path, tar_context: Path | None = None):
+def _dockerignore(context: Path, dockerfile: Path, tar_context: Path | None = None, label: str = "stdin context"):
     from pybuild.builder.context import find_ignore_file
     from pybuild.builder.dockerignore import DockerIgnore
 
@@ -673,10 +715,12 @@ def _dockerignore(context: Path, dockerfile: Path, tar_context: Path | None = No
     if path is None:
         return None, ".dockerignore"
     shown = str(path.relative_to(tar_context)) if tar_context is not None else str(path)
+    if tar_context is not None and not path.resolve().is_relative_to(tar_context.resolve()):
+        raise PybuildError(f"{label}: {shown}: a symlink out of the context")
     try:
         return DockerIgnore.parse(path.read_text(encoding="utf-8", errors="replace")), shown
     except ValueError as exc:  # "line N: reason"
-        where = f"stdin context: {shown}" if tar_context is not None else shown
+        where = f"{label}: {shown}" if tar_context is not None else shown
         raise PybuildError(f"{where}:{str(exc).removeprefix('line ')}") from None
 
 

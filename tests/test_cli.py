@@ -26,8 +26,8 @@ def test_version_and_help():
 @pytest.mark.parametrize("args, message", [
     (["image"], "unknown command 'image' (did you mean images?)"),
     (["nosuchcmd"], "pybuild: unknown command or build context 'nosuchcmd' (commands: build, check, "),
-    (["nosuchcmd"], "; a context must be an existing directory or -)"),
-    (["build"], "the following arguments are required: context"),
+    (["nosuchcmd"], "; a context must be an existing directory, - or a URL)"),
+    (["build"], "the following arguments are required: PATH | URL | -"),
     (["build", "--network=bridge", "."], "invalid choice: 'bridge'"),
     (["save", "hello:1.0"], "the following arguments are required: -o/--output"),
 ])
