@@ -27,7 +27,6 @@ from .containers import Container, ContainerStore, now_rfc3339
 
 __all__ = ["execute", "init_pid", "wait_started", "send_signal", "stop", "remove", "release_network"]
 
-_INIT_MARK = b"_init.py"
 
 
 def _children(pid: int) -> list[int]:
@@ -60,10 +59,12 @@ def _is_ns_init(pid: int) -> bool:
 
 def init_pid(holder_pid: int) -> int | None:
     """Host PID of the container's PID 1 under the holder process, or None (not started / gone)."""
+    from pybuild.sandbox.runner import INIT_CMDLINE_MARK
+
     for outer in _children(holder_pid):
         try:
             with open(f"/proc/{outer}/cmdline", "rb") as f:
-                if _INIT_MARK not in f.read():
+                if INIT_CMDLINE_MARK not in f.read():
                     continue
         except OSError:
             continue

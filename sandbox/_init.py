@@ -1,4 +1,5 @@
-"""Sandbox init: runs as ``python -I -S _init.py <tmpdir>`` (or ``-m pybuild.sandbox._init``).
+"""Sandbox init: runs as ``python -I -S -B -c "...; import _init; _init.main(...)" <tmpdir>``
+(imported from its directory, so its cached byte code is used; see ``runner._INIT_CODE``).
 
 Stdlib only, so it can start without ``site`` and without importing the pybuild package.
 
@@ -33,16 +34,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import json
+import marshal
 import os
-import platform
 import select
-import signal
-import socket
 import stat
 import struct
 import sys
 import termios
+
+# This file starts a fresh interpreter for every RUN: its imports are most of its start-up
+# time.  The C modules below stand in for `signal`, `socket` (both import enum) and `json`
+# (imports re), which cost ~15 ms per sandbox; the constants and functions used are the same.
+import _signal as signal
+import _socket as socket
+
 import warnings  # noqa: F401 - os.execvpe imports it lazily, after pivot_root it is gone
 
 if __package__:
@@ -145,9 +150,10 @@ def unshare(flags: int) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    machine = os.uname().machine
+    nr = _SYS_PIVOT_ROOT.get(machine)
     if nr is None:
-        raise SetupError(f"pivot_root: unsupported architecture {platform.machine()}")
+        raise SetupError(f"pivot_root: unsupported architecture {machine}")
     _check(_libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)), "pivot_root")
 
 
@@ -401,12 +407,45 @@ def move_mount_fd(fd: int, target: str) -> None:
         raise SetupError(f"move_mount onto {target}: {e.strerror}")
 
 
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
+
+
+def _json_str(s: str) -> str:
+    s = s.translate(_JSON_ESCAPES)
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (undecodable paths): escaped, as json.dumps does
+            s = "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) < 0xE000 else c for c in s)
+    return '"' + s + '"'
+
+
+def to_json(obj) -> str:
+    """JSON text of ``obj`` (dict/list/tuple/str/int/float/bool/None) that ``json.loads`` reads
+    back equal; written here because importing json (and re) costs every sandbox start ~5 ms."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, (int, float)):
+        return repr(obj)
+    if isinstance(obj, str):
+        return _json_str(obj)
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{_json_str(str(k))}: {to_json(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in obj) + "]"
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
 class Ctl:
     def __init__(self, fd: int):
         self.fd = fd
 
     def send(self, **msg) -> None:
-        data = (json.dumps(msg) + "\n").encode()
+        data = (to_json(msg) + "\n").encode("utf-8", "surrogatepass")
         try:
             os.write(self.fd, data)  # < PIPE_BUF for all our messages: atomic
         except OSError:
@@ -652,12 +691,15 @@ def mount_requested(cfg: dict, root: str, stubs: list[str]) -> None:
 
 def loopback_up() -> None:
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
         ifr = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack("16sH14s", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifr))[1]
         if flags & IFF_UP:
             return  # e.g. a joined (bridge) namespace, which may not be ours to configure
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
+    finally:
+        s.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -998,8 +1040,8 @@ def outer(cfg: dict, ctl: Ctl) -> int:
 
 def main(argv: list[str]) -> int:
     tmp = argv[1]
-    with open(os.path.join(tmp, "config.json"), "rb") as f:
-        cfg = json.load(f)
+    with open(os.path.join(tmp, "config.marshal"), "rb") as f:
+        cfg = marshal.load(f)
     cfg["tmp"] = tmp
     os.set_inheritable(cfg["ctl_fd"], False)
     return outer(cfg, Ctl(cfg["ctl_fd"]))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 
 if __package__:
@@ -293,7 +292,7 @@ def _emit_abi(a: _Asm, table: dict[str, int]) -> None:
 
 def seccomp_program(machine: str | None = None) -> bytes | None:
     """The default filter as an array of ``struct sock_filter``; None if the arch is unknown."""
-    if (machine or platform.machine()) != "x86_64":
+    if (machine or os.uname().machine) != "x86_64":
         return None
     t = syscalls_x86
     a = _Asm()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import run_captured
 
-from pybuild.sandbox.runner import (ExitStatus, ProcessSpec, RootfsSpec, SandboxError, abort_all)
+from pybuild.sandbox.runner import (INIT_CMDLINE_MARK, ExitStatus, ProcessSpec, RootfsSpec, SandboxError,
+                                    abort_all)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/bin/busybox"),
                                 reason="needs root and /bin/busybox")
@@ -85,7 +86,8 @@ def _leaked_processes() -> list[str]:
             continue
         cmd = b" ".join(argv).decode(errors="replace")
         pid = int(p.split("/")[2])
-        if f"sleep {MARK}" in cmd or ("sandbox/_init.py" in cmd and pid != os.getpid() and _descends_from_us(pid)):
+        init = INIT_CMDLINE_MARK.decode() in cmd
+        if f"sleep {MARK}" in cmd or (init and pid != os.getpid() and _descends_from_us(pid)):
             found.append(cmd)
     return found
 
