@@ -1,4 +1,4 @@
-"""Sandbox init: runs as ``python -I -S -B -c "...; import _init; _init.main(...)" <tmpdir>``
+"""Sandbox init: runs as ``python -I -S -c "...; import _init; _init.main(...)" <tmpdir>``
 (imported from its directory, so its cached byte code is used; see ``runner._INIT_CODE``).
 
 Stdlib only, so it can start without ``site`` and without importing the pybuild package.

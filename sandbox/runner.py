@@ -34,7 +34,7 @@ __all__ = ["ExitStatus", "IdMap", "Mount", "ProcessSpec", "Resources", "RootfsSp
 # a module comes from its cached byte code (written when pybuild itself imported it).
 _INIT_DIR = str(Path(_init.__file__).resolve().parent)
 _INIT_CODE = f"import sys; sys.path.insert(0, {_INIT_DIR!r}); import _init; sys.exit(_init.main(sys.argv))"
-_INIT_ARGS = ["-I", "-S", "-B", "-c", _INIT_CODE]
+_INIT_ARGS = ["-I", "-S", "-c", _INIT_CODE]  # no -B: a stale .pyc is rewritten once, not compiled each time
 # In /proc/PID/cmdline of a sandbox's outer init: how runtime.launch finds a container's init.
 INIT_CMDLINE_MARK = _INIT_CODE.encode()
 
