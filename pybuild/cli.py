@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--label", action="append", default=[], metavar="K=V", help="set a label on the image (repeatable; K alone: an empty value)")
     b.add_argument("--platform", metavar="OS/ARCH", help="target platform; only this host's (linux/amd64) can be built")
     b.add_argument("-j", "--jobs", type=_positive_int, default=0, metavar="N",
-                   help="steps executing at once (default: the number of CPUs)")
+                   help="steps executing at once (default: twice the number of CPUs, at least 4)")
     b.add_argument("--no-cache", action="store_true", help="run every step, ignoring the cache")
     b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
                    help="run the steps of these stages, ignoring the cache (repeatable or comma-separated)")
