@@ -363,19 +363,18 @@ def test_tty_log_lines_are_sanitised():
     rep.close()
 
 
-def test_tty_step_log_throughput():
+def test_tty_step_log_does_not_redraw_per_line():
     rep, out = tty_reporter(FakeClock())
     s = Step(1, "[1/1] RUN yes | head -100000")
     rep.step_started(s)
     rep.step_miss(s, "not in cache")
-    t0 = time.perf_counter()
     for i in range(100_000):
         rep.step_log(s, f"y {i}")
-    elapsed = time.perf_counter() - t0
     rep.step_done(s)
     rep.close()
-    assert elapsed < 5.0, elapsed  # sanity bound; typically ~0.1 s
-    assert len(out.getvalue()) < 200_000  # redraws are rate-limited, not one per line
+    # redraws are rate-limited (by the clock, which stands still here), not one per line; the
+    # wall-time cost of 100,000 lines is measured by bench/bench_progress.py, not asserted here
+    assert len(out.getvalue()) < 200_000
 
 
 # ---------------------------------------------------------------- make_reporter
