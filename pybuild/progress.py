@@ -431,6 +431,7 @@ class PlainReporter(ReporterBase):
 
     def step_miss(self, step: Step, reason: str) -> None:
         super().step_miss(step, reason)
+        step.started = time.monotonic()  # it runs from now, not from when it began to wait (COPY --from)
         self._write(f"#{step.number} cache miss: {reason}")
 
     def step_log(self, step: Step, line: str) -> None:

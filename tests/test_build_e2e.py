@@ -434,3 +434,17 @@ def test_classic_chroot_escape_stays_in_the_sandbox(cli, tmp_path):
         marker.unlink()
     assert re.search(r"^#\d+ [\d.]+ contained$", res.stderr, re.M), res.stderr
     assert "ESCAPED" not in res.stderr
+
+
+def test_a_step_waiting_for_another_stage_is_timed_from_when_it_runs(cli, tmp_path):
+    """COPY --from=slow waits for the stage; its DONE time is its own work, not the wait."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox:latest AS slow\nRUN sleep 1.5; echo x > /x\n"
+        "FROM busybox:latest\nCOPY --from=slow /x /x\n")
+    res = cli("build", "--progress=plain", "--no-cache", "-t", "waits:1", str(ctx), check=True)
+    done = dict(re.findall(r"^#(\d+) DONE ([\d.]+)s$", res.stderr, re.M))
+    numbers = {label: n for n, label in re.findall(r"^#(\d+) \[[^\]]*\] (RUN|COPY)", res.stderr, re.M)}
+    assert float(done[numbers["RUN"]]) >= 1.5
+    assert float(done[numbers["COPY"]]) < 1.0, res.stderr

@@ -137,6 +137,8 @@ class TTYReporter(ReporterBase):
     def step_miss(self, step: Step, reason: str) -> None:
         super().step_miss(step, reason)
         with self._lock:
+            # it runs from now: time spent waiting for another stage (COPY --from) is not its own
+            step.started = self._clock()
             self._view(step).state = "running"
 
     def step_log(self, step: Step, line: str) -> None:
