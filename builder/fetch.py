@@ -69,6 +69,9 @@ def parse_git_ref(src: str) -> GitRef:
     """`remote#ref:subdir` -> GitRef; an empty ref means the default branch."""
     remote, _, fragment = src.partition("#")
     ref, _, subdir = fragment.partition(":")
+    if ref.startswith("-") or any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in ref):
+        # a ref reaches git's command line: "--upload-pack=..." would be an option, run on the host
+        raise FetchError(f"{_shown(remote)}: {ref!r} is not a branch, tag or commit name")
     subdir = subdir.strip("/") or None
     if subdir is not None and ".." in subdir.split("/"):
         raise FetchError(f"{src}: subdirectory {subdir!r} climbs out of the repository")
@@ -156,9 +159,9 @@ def resolve_commit(ref: GitRef) -> str | None:
     if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", want):
         return want
     _require_git()
-    res = _git(Path("/"), "ls-remote", ref.remote, check=False)
+    res = _git(Path("/"), "ls-remote", "origin", check=False, remote=ref.remote)
     if res.returncode != 0:
-        raise FetchError(f"{ref.remote}: cannot fetch: {_last_line(res.stderr)}")
+        raise FetchError(f"{_shown(ref.remote)}: cannot fetch: {_last_line(res.stderr)}")
     refs: dict[str, str] = {}
     for line in res.stdout.splitlines():
         sha, _, name = line.partition("\t")
@@ -170,7 +173,7 @@ def resolve_commit(ref: GitRef) -> str | None:
             return refs[name]
     if re.fullmatch(r"[0-9a-f]{4,39}", want):
         return None
-    raise FetchError(f"{ref.remote}: no branch, tag or commit named {want!r}")
+    raise FetchError(f"{_shown(ref.remote)}: no branch, tag or commit named {want!r}")
 
 
 def _require_git() -> None:
@@ -193,30 +196,38 @@ def checkout(ref: GitRef, dest_dir: Path, *, keep_git_dir: bool = False, checksu
     repo = dest_dir / "repo"
     repo.mkdir()
     _git(repo, "init", "--quiet")
-    _git(repo, "remote", "add", "origin", ref.remote)
     want = ref.ref or "HEAD"
     # Shallow first; the dumb HTTP protocol and servers refusing a bare commit need a full fetch.
-    if _git(repo, "fetch", "--quiet", "--depth=1", "--no-tags", "origin", want, check=False).returncode != 0:
+    # The remote's URL (which may hold credentials) reaches git through its environment, never
+    # a command line (ps shows those) nor .git/config (kept with --keep-git-dir).
+    if _git(repo, "fetch", "--quiet", "--depth=1", "--no-tags", "origin", want, check=False,
+            remote=ref.remote).returncode != 0:
         full = _git(repo, "fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*",
-                    check=False)
+                    check=False, remote=ref.remote)
         if full.returncode != 0:
-            raise FetchError(f"{ref.remote}: cannot fetch: {_last_line(full.stderr)}")
+            raise FetchError(f"{_shown(ref.remote)}: cannot fetch: {_last_line(full.stderr)}")
         commit = _resolve_after_full_fetch(repo, ref)
     else:
         commit = _git(repo, "rev-parse", "FETCH_HEAD^{commit}").stdout.strip()
     if expect is not None and commit != expect:
-        raise FetchError(f"{ref.remote}: {want} moved from {expect} to {commit} during the build; build again")
+        raise FetchError(f"{_shown(ref.remote)}: {want} moved from {expect} to {commit} during the build; build again")
     if checksum is not None and not commit.startswith(checksum):
-        raise FetchError(f"{ref.remote}: checksum mismatch: expected commit {checksum}, {want} is {commit}")
+        raise FetchError(f"{_shown(ref.remote)}: checksum mismatch: expected commit {checksum}, {want} is {commit}")
     _git(repo, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
     when = int(_git(repo, "show", "-s", "--format=%ct", commit).stdout.strip())
     tree = repo
     if ref.subdir:
-        tree = repo / ref.subdir
-        if tree.is_symlink() or not tree.is_dir():
-            raise FetchError(f"{ref.remote}: {ref.subdir!r} is not a directory at commit {commit}")
+        # Resolved, and checked to stay inside the checkout: a symlink in the repository
+        # (`ln -> /etc`) must not make a host directory the context, nor be moved and deleted.
+        real_repo, tree = os.path.realpath(repo), Path(os.path.realpath(repo / ref.subdir))
+        inside = os.path.commonpath([real_repo, tree]) == real_repo and tree != Path(real_repo)
+        if not inside or ".git" in tree.relative_to(real_repo).parts or tree.is_symlink() or not tree.is_dir():
+            raise FetchError(f"{_shown(ref.remote)}: {ref.subdir!r} is not a directory of the repository "
+                             f"at commit {commit}")
     if not keep_git_dir:
         shutil.rmtree(repo / ".git")
+    else:
+        _git(repo, "remote", "add", "origin", _shown(ref.remote))  # as BuildKit keeps it, minus credentials
     out = dest_dir / "tree"
     os.rename(tree, out)
     if out != repo and repo.exists():
@@ -230,7 +241,7 @@ def _resolve_after_full_fetch(repo: Path, ref: GitRef) -> str:
                   if ref.ref is None else
                   [f"refs/remotes/origin/{ref.ref}", f"refs/tags/{ref.ref}", ref.ref])
     if ref.ref is None:
-        head = _git(repo, "ls-remote", "--symref", "origin", "HEAD", check=False)
+        head = _git(repo, "ls-remote", "--symref", "origin", "HEAD", check=False, remote=ref.remote)
         m = re.search(r"ref: refs/heads/(\S+)\s+HEAD", head.stdout)
         if m:
             candidates.insert(0, f"refs/remotes/origin/{m.group(1)}")
@@ -238,7 +249,7 @@ def _resolve_after_full_fetch(repo: Path, ref: GitRef) -> str:
         res = _git(repo, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
         if res.returncode == 0:
             return res.stdout.strip()
-    raise FetchError(f"{ref.remote}: no branch, tag or commit named {ref.ref or 'HEAD'!r}")
+    raise FetchError(f"{_shown(ref.remote)}: no branch, tag or commit named {ref.ref or 'HEAD'!r}")
 
 
 def _normalise_tree(root: Path, mtime: int) -> None:
@@ -259,9 +270,23 @@ def _normalise_tree(root: Path, mtime: int) -> None:
     os.utime(root, (mtime, mtime))
 
 
-def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C",
-           "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")}
+def _shown(remote: str) -> str:
+    from .url_context import redact
+
+    return redact(remote)
+
+
+def _git(repo: Path, *args: str, check: bool = True, remote: str | None = None) -> subprocess.CompletedProcess:
+    """git in ``repo``; with ``remote``, the remote named ``origin`` is that URL, given through
+    GIT_CONFIG_* environment variables so it appears in no command line and no config file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C",
+                "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+                "GIT_CONFIG_COUNT": "0"})
+    if remote is not None:
+        env.update({"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "remote.origin.url", "GIT_CONFIG_VALUE_0": remote,
+                    "GIT_CONFIG_KEY_1": "remote.origin.fetch",
+                    "GIT_CONFIG_VALUE_1": "+refs/heads/*:refs/remotes/origin/*"})
     env.pop("GIT_DIR", None)
     try:
         res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env,
@@ -277,7 +302,7 @@ def _last_line(text: str) -> str:
     """The line of git's stderr that says why: its first `fatal:`/`error:` line, or, when that is
     the generic "Could not read from remote repository." (an ssh failure, whose stderr ends with
     advice), the transport's own line before it; else the last line."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    lines = [_shown(ln.strip()) for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return "no error output"
     for i, line in enumerate(lines):

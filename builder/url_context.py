@@ -63,15 +63,29 @@ def keep_git_dir(build_args: dict[str, str]) -> bool:
     return build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in _TRUE
 
 
+_URL_TOKEN = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s'\"]*)")
+
+
 def redact(text: str) -> str:
     """`text` with the credentials of every URL in it removed: all user info of an http(s) URL
-    (a token is often the user name), the password of any other (`ssh://git@host` keeps `git`)."""
+    (a token is often the user name), the password of any other (`ssh://git@host` keeps `git`).
+
+    The user info ends at the URL's *last* `@`, so a password holding `@ / # ?` is removed
+    whole; when in doubt (an `@` in a path after `host:port`, or in a fragment) more is
+    removed, never less."""
     def strip(m: re.Match) -> str:
-        scheme, user = m["scheme"], m["user"]
-        if scheme.lower() in ("http://", "https://"):
-            return scheme
-        return f"{scheme}{user.split(':', 1)[0]}@"
-    return _USERINFO.sub(strip, text)
+        scheme, rest = m["scheme"], m["rest"]
+        at = rest.rfind("@")
+        if at == -1:
+            return m[0]
+        userinfo = rest[:at]
+        if "/" in userinfo and ":" not in userinfo.split("/", 1)[0]:
+            return m[0]  # `host/path@x`: an @ in the path, no user info
+        user = userinfo.split(":", 1)[0]
+        if scheme.lower() in ("http://", "https://") or "/" in user or "#" in user or "?" in user:
+            return scheme + rest[at + 1:]
+        return f"{scheme}{user}@{rest[at + 1:]}"
+    return _URL_TOKEN.sub(strip, text)
 
 
 def check_url(url: str) -> None:
@@ -89,7 +103,9 @@ def check_url(url: str) -> None:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
         except ValueError as exc:
-            raise UsageError(f"build context {shown!r}: not a valid URL: {exc}") from None
+            # the parser's message may quote part of the user info (a password read as a port)
+            why = "bad host or port" if "@" in url else str(exc)
+            raise UsageError(f"build context {shown!r}: not a valid URL: {why}") from None
         if parts.scheme == "file":
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
                 raise UsageError(f"build context {shown!r}: expected file:///ABSOLUTE/PATH[#REF[:SUBDIR]]")
@@ -141,7 +157,11 @@ def _reason(exc: Exception, prefix: str) -> str:
     """The FetchError's message without the leading `URL: ` (the caller names the URL once), and
     without credentials, also where a tool quoted them outside a URL."""
     text = str(exc)
-    text = redact(text[len(prefix) + 2:] if text.startswith(prefix + ": ") else text)
+    for shown in (prefix, redact(prefix)):  # fetch names the remote by its redacted form
+        if text.startswith(shown + ": "):
+            text = text[len(shown) + 2:]
+            break
+    text = redact(text)
     try:
         parts = urlsplit(prefix)
         secrets = [parts.password] + ([parts.username] if parts.scheme in ("http", "https") else [])

@@ -126,7 +126,7 @@ def test_git_context_errors_are_one_line_naming_the_url(cli, app_repo, tmpdir_en
     cases = [
         ([f"{repo}#no-such-ref:app"], f"ERROR: build context {repo}#no-such-ref:app: "
                                       "no branch, tag or commit named 'no-such-ref'"),
-        ([f"{http_url}#v2:nodir"], f"ERROR: build context {http_url}#v2:nodir: 'nodir' is not a directory at commit "),
+        ([f"{http_url}#v2:nodir"], f"ERROR: build context {http_url}#v2:nodir: 'nodir' is not a directory of the repository at commit "),
         ([f"{repo}#v2:app/ci"], f"ERROR: build context {repo}#v2:app/ci: no Dockerfile in app/ci/ of the repository "
                                 "(name it with -f PATH, relative to the context)"),
         (["-f", "nope/Dockerfile", f"{repo}#v2"], f"ERROR: build context {repo}#v2: -f nope/Dockerfile: "
@@ -360,3 +360,88 @@ def test_a_url_word_is_a_context_not_an_unknown_command(tmp_path):
     assert res.code == 2 and "unknown command" not in res.stderr and "names no host" in res.stderr, res.stderr
     res = PybuildCLI(tmp_path / "store")("nosuchcmd", cwd=tmp_path)
     assert res.code == 2 and "a context must be an existing directory, - or a URL)" in res.stderr
+
+
+# -- hostile repositories and URLs (found by a newcomer's review) ------------------------------------
+
+def _symlink_repo(tmp_path: Path, target: Path) -> Path:
+    """A bare repository holding only `ln -> target` (a host directory)."""
+    work = tmp_path / "slwork"
+    work.mkdir()
+    _git(work, "init", "-q")
+    (work / "ln").symlink_to(target)
+    _git(work, "add", "ln")
+    _git(work, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "ln")
+    bare = tmp_path / "sl.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    return bare
+
+
+def test_a_subdir_through_a_symlink_never_reads_or_removes_a_host_directory(cli, tmp_path, tmpdir_env):
+    victim = tmp_path / "victim" / "inner"
+    victim.mkdir(parents=True)
+    (victim / "Dockerfile").write_text("FROM busybox:latest\nCOPY . /stolen\n")
+    (victim / "file").write_text("precious\n")
+    bare = _symlink_repo(tmp_path, tmp_path / "victim")
+    res = cli("build", "-t", "stolen:1", f"file://{bare}#:ln/inner")
+    assert res.code == 1 and "'ln/inner' is not a directory of the repository" in res.stderr, res.stderr
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM busybox:latest\nADD file://{bare}#master:ln/inner /x\n")
+    res = cli("build", "-t", "stolen:2", str(ctx))
+    assert res.code == 1, res.stderr
+    assert (victim / "file").read_text() == "precious\n"  # still there, untouched
+    assert "stolen" not in cli("images", check=True).stdout
+    assert _leftovers(tmpdir_env) == []
+
+
+def test_a_ref_is_never_a_git_option(cli, tmp_path, app_repo):
+    _, bare, http_url, _ = app_repo
+    marker = tmp_path / "INJECTED"
+    script = tmp_path / "up.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\nexec git-upload-pack \"$@\"\n")
+    script.chmod(0o755)
+    res = cli("build", "-t", "inj:1", f"file://{bare}#--upload-pack={script}")
+    assert res.code in (1, 2) and "is not a branch, tag or commit name" in res.stderr, res.stderr
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM busybox:latest\nADD {http_url}#--upload-pack={script} /x\n")
+    res = cli("build", "-t", "inj:2", str(ctx))
+    assert res.code == 1 and "is not a branch, tag or commit name" in res.stderr, res.stderr
+    assert not marker.exists()
+
+
+def test_url_credentials_reach_no_kept_git_dir(cli, tmp_path, app_repo):
+    _, _, http_url, _ = app_repo
+    url = http_url.replace("http://", "http://alice:TopSecret9@") + "#v2"
+    out = tmp_path / "fs.tar"
+    res = cli("build", "--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1", "-f", "-",
+              "-o", f"type=tar,dest={out}", url, input="FROM scratch\nCOPY . /src\n")
+    members = _tar_members(out) if out.exists() else {}
+    git_config = members.get("src/.git/config") or b""
+    assert res.code == 0 and git_config, (res.stderr, sorted(members)[:20])
+    assert b"TopSecret9" not in git_config and b"alice" not in git_config, git_config
+    assert b"127.0.0.1" in git_config  # the remote is kept, as BuildKit keeps it, minus credentials
+    assert "TopSecret9" not in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://alice:p@ss@127.0.0.1:1/r.git", "https://127.0.0.1:1/r.git"),
+    ("https://alice:pa/ssW0rd@127.0.0.1:1/r.git", "https://127.0.0.1:1/r.git"),
+    ("https://alice:pa#ssW0rd@127.0.0.1:1/r.git", "https://127.0.0.1:1/r.git"),
+    ("https://alice:pa?ssW0rd@127.0.0.1:1/r.git", "https://127.0.0.1:1/r.git"),
+    ("ssh://alice:p@ssW0rd@127.0.0.1:1/r.git", "ssh://alice@127.0.0.1:1/r.git"),
+    ("https://token@host/r.git", "https://host/r.git"),
+    ("ssh://git@host/r.git#v1:sub", "ssh://git@host/r.git#v1:sub"),
+    ("https://host/a@b.git", "https://host/a@b.git"),
+])
+def test_redact_removes_passwords_holding_url_delimiters(url, shown):
+    from pybuild.builder.url_context import redact
+
+    assert redact(url) == shown
+    assert redact(f"fatal: unable to access '{url}': refused") == f"fatal: unable to access '{shown}': refused"
+
+
+def test_a_malformed_url_never_echoes_its_password(cli):
+    res = cli("build", "https://alice:pa/ssW0rd@127.0.0.1:1/r.git")
+    assert res.code in (1, 2) and "ssW0rd" not in res.stderr and "pa" not in res.stderr.split("127.0.0.1")[0], res.stderr
