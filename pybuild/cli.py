@@ -516,7 +516,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
     try:
         dockerfile = parse(text, dockerfile_name)
     except DockerfileError as exc:
-        print(str(exc), file=sys.stderr)
+        print(f"ERROR: {exc}", file=sys.stderr)  # FILE:LINE:COL: message, then the line and a caret
         return 1
     output = _output_spec(args.output, args.tag) if args.output else None
     if args.pull not in ("always", "missing", "never"):

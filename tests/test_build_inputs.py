@@ -74,7 +74,7 @@ def test_stdin_tar_dockerfile_named_by_f_is_inside_the_tar(cli, tmp_path):
     assert res.code == 1 and "ERROR: stdin context: -f ../outside: no such file in the tar" in res.stderr
     with open(tmp_path / "ctx.tar", "rb") as stdin:
         res = cli("build", "-f", "bad/Df", "-", stdin=stdin)
-    assert res.code == 1 and res.stderr.startswith("bad/Df:2:") and "pybuild-context" not in res.stderr
+    assert res.code == 1 and res.stderr.startswith("ERROR: bad/Df:2:") and "pybuild-context" not in res.stderr
 
 
 def test_dockerfile_from_stdin_with_context_dir(cli, tmp_path):
