@@ -373,10 +373,10 @@ class Solver:
             ports = c.get("ExposedPorts") or {}
             for word in ins.ports:
                 for port in self._expand_list(word, env, ins):
-                    if not _PORT.fullmatch(port):
-                        raise BuildError(f"EXPOSE {port}: expected PORT, PORT/PROTO or a range such as 8000-8010/udp",
-                                         word_location(ins, word))
-                    ports[port.lower() if "/" in port else f"{port}/tcp"] = {}
+                    try:
+                        ports.update((key, {}) for key in exposed_ports(port))
+                    except ValueError as exc:
+                        raise BuildError(str(exc), word_location(ins, word)) from None
             c["ExposedPorts"] = ports
         elif isinstance(ins, ast.User):
             c["User"] = x(ins.user)
@@ -1032,14 +1032,35 @@ def _short_id(definition: dict) -> str:
     return hashlib.sha256(canonical_json(definition)).hexdigest()[:12]
 
 
-def _stop_signal(text: str, ins) -> str:
-    """STOPSIGNAL takes a signal name (SIGTERM, TERM) or number, as docker's signal.ParseSignal."""
+def is_stop_signal(text: str) -> bool:
+    """A signal name (SIGTERM, TERM) or number, as docker's signal.ParseSignal takes."""
     import signal as _signal
 
     if text.isdigit() and 0 < int(text) <= 64:
-        return text
+        return True
     name = text.upper() if text.upper().startswith("SIG") else "SIG" + text.upper()
-    if name in _signal.Signals.__members__ or re.fullmatch(r"SIGRTM(IN|AX)([+-]\d+)?", name):
+    return name in _signal.Signals.__members__ or re.fullmatch(r"SIGRTM(IN|AX)([+-]\d+)?", name) is not None
+
+
+def exposed_ports(spec: str) -> list[str]:
+    """The ExposedPorts keys of one EXPOSE word, as docker's nat.ParsePortSpecs: `80` ->
+    `80/tcp`, `53/UDP` -> `53/udp`, a range `8000-8002` -> one key per port.  ValueError for a
+    port outside 0-65535, a range that runs backwards, or anything else."""
+    m = _PORT.fullmatch(spec)
+    if not m:
+        raise ValueError(f"EXPOSE {spec}: expected PORT, PORT/PROTO or a range such as 8000-8010/udp")
+    ports, _, proto = spec.partition("/")
+    first, _, last = ports.partition("-")
+    start, end = int(first), int(last or first)
+    if end > 65535:
+        raise ValueError(f"EXPOSE {spec}: a port is a number from 0 to 65535")
+    if end < start:
+        raise ValueError(f"EXPOSE {spec}: the range ends before it starts")
+    return [f"{port}/{(proto or 'tcp').lower()}" for port in range(start, end + 1)]
+
+
+def _stop_signal(text: str, ins) -> str:
+    if is_stop_signal(text):
         return text
     raise BuildError(f"STOPSIGNAL {text}: not a signal name or number", word_location(ins, ins.signal))
 

@@ -756,15 +756,25 @@ def cmd_images(args) -> int:
 def _changes(items: list[str]) -> dict:
     """--change "CMD [..]" and friends (docker import's set), parsed by the Dockerfile grammar,
     expanded with the ENVs given before them (as docker does), mapped to config fields."""
-    from pybuild.builder.solver import _PORT
+    import posixpath
+
+    from pybuild.builder.solver import exposed_ports, is_stop_signal
     from pybuild.grammar import DockerfileError, ExpansionError, ast, expand_word, parse
 
     if not items:
         return {}
+    for item in items:
+        if item.split(None, 1)[:1] and item.split(None, 1)[0].upper() == "FROM":
+            raise UsageError(f"--change {item!r}: FROM is not supported (use CMD, ENTRYPOINT, ENV, EXPOSE, "
+                             "LABEL, STOPSIGNAL, USER, VOLUME or WORKDIR)")
     try:
+        # One line per --change after a FROM: line N of the text is --change number N-1.
         df = parse("FROM scratch\n" + "\n".join(items) + "\n", "--change")
     except DockerfileError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_change_error(str(exc), items)) from None
+    if len(df.stages) != 1:
+        raise UsageError("--change: FROM is not supported (use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, "
+                         "USER, VOLUME or WORKDIR)")
     out: dict = {}
     env: dict[str, str] = {}
     for ins in df.stages[0].instructions:
@@ -784,7 +794,8 @@ def _changes(items: list[str]) -> dict:
                 env[k] = x(v)
                 out.setdefault("Env", []).append(f"{k}={env[k]}")
         elif isinstance(ins, ast.Workdir):
-            out["WorkingDir"] = x(ins.path)
+            # relative to the one before, as in a Dockerfile (docker import does the same)
+            out["WorkingDir"] = posixpath.normpath(posixpath.join(out.get("WorkingDir", "/"), x(ins.path)))
         elif isinstance(ins, ast.User):
             out["User"] = x(ins.user)
         elif isinstance(ins, ast.Label):
@@ -792,19 +803,31 @@ def _changes(items: list[str]) -> dict:
         elif isinstance(ins, ast.Expose):
             ports = out.setdefault("ExposedPorts", [])
             for word in ins.ports:
-                port = x(word)
-                if not _PORT.fullmatch(port):
-                    raise UsageError(f"--change {item!r}: EXPOSE {port}: expected PORT, PORT/PROTO or a range "
-                                     "such as 8000-8010/udp")
-                ports.append(port.lower() if "/" in port else f"{port}/tcp")
+                try:
+                    ports.extend(exposed_ports(x(word)))
+                except ValueError as exc:
+                    raise UsageError(f"--change {item!r}: {exc}") from None
         elif isinstance(ins, ast.Volume):
             out.setdefault("Volumes", []).extend(x(p) for p in ins.paths)
         elif isinstance(ins, ast.StopSignal):
+            if not is_stop_signal(x(ins.signal)):
+                raise UsageError(f"--change {item!r}: STOPSIGNAL {x(ins.signal)}: not a signal name or number")
             out["StopSignal"] = x(ins.signal)
         else:
             raise UsageError(f"--change {item!r}: {ins.keyword} is not supported "
                              "(use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME or WORKDIR)")
     return out
+
+
+def _change_error(message: str, items: list[str]) -> str:
+    """A parse error of the --change text, named by the --change it came from (not by a line of
+    the text, whose first line is the FROM added in front)."""
+    import re
+
+    m = re.match(r"--change:(\d+):(\d+): (.*)", message, re.S)
+    if not m or not 2 <= int(m.group(1)) <= len(items) + 1:
+        return message
+    return f"--change {items[int(m.group(1)) - 2]!r}: {m.group(3).splitlines()[0]}"
 
 
 def _input_source(arg: str, command: str, *, directory_ok: bool):

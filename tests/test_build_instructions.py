@@ -44,7 +44,7 @@ def test_healthcheck_onbuild_shell_stopsignal_expose_in_config(cli, tmp_path):
     assert c["OnBuild"] == ["RUN echo triggered > /onbuild.txt"]
     assert c["Shell"] == ["/bin/sh", "-ec"]
     assert c["StopSignal"] == "SIGQUIT"
-    assert set(c["ExposedPorts"]) == {"80/tcp", "53/udp", "8000-8001/tcp"}
+    assert set(c["ExposedPorts"]) == {"80/tcp", "53/udp", "8000/tcp", "8001/tcp"}  # ranges expand, as BuildKit
 
 
 def test_onbuild_triggers_run_in_the_child_and_are_not_inherited(cli, tmp_path):
@@ -73,6 +73,10 @@ def test_unsupported_flags_fail_before_any_step_runs(cli, tmp_path):
 def test_bad_expose_and_healthcheck_values_name_the_line(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nEXPOSE abc\n")
     assert res.code == 1 and "Dockerfile:2:8: EXPOSE abc" in res.stderr
+    res = _build(cli, tmp_path, "FROM busybox:latest\nEXPOSE 80 99999\n")
+    assert res.code == 1 and "Dockerfile:2:11: EXPOSE 99999: a port is a number from 0 to 65535" in res.stderr
+    res = _build(cli, tmp_path, "FROM busybox:latest\nEXPOSE 80-70/udp\n")
+    assert res.code == 1 and "Dockerfile:2:8: EXPOSE 80-70/udp: the range ends before it starts" in res.stderr
     res = _build(cli, tmp_path, "FROM busybox:latest\nHEALTHCHECK --interval=soon CMD true\n")
     assert res.code == 1 and "Dockerfile:2:24: HEALTHCHECK --interval=soon" in res.stderr
 

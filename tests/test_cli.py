@@ -226,3 +226,27 @@ def test_bad_import_change_is_a_usage_error_and_imports_nothing(cli, tmp_path, c
     res = cli("import", "--change", change, str(src), "bad:1")
     assert res.code == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert "bad" not in cli("images", check=True).stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    ("FROM x", "--change 'FROM x': FROM is not supported"),
+    ("STOPSIGNAL FOO", "--change 'STOPSIGNAL FOO': STOPSIGNAL FOO: not a signal name or number"),
+    ("ENV", "--change 'ENV': ENV requires at least one argument"),
+    ("EXPOSE 99999", "--change 'EXPOSE 99999': EXPOSE 99999: a port is a number from 0 to 65535"),
+    ("EXPOSE 80-70", "--change 'EXPOSE 80-70': EXPOSE 80-70: the range ends before it starts"),
+])
+def test_import_change_is_checked_as_build_checks_it(cli, tmp_path, change, message):
+    src = tmp_path / "rootfs"
+    src.mkdir()
+    res = cli("import", "-c", "ENV A=1", "-c", change, str(src), "bad:1")
+    assert res.code == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_import_change_workdir_is_relative_to_the_last_and_port_ranges_expand(cli, tmp_path):
+    src = tmp_path / "rootfs"
+    src.mkdir()
+    cli("import", "-c", "WORKDIR /tmp", "-c", "WORKDIR sub", "-c", "EXPOSE 8000-8002", str(src), "imp:2",
+        check=True)
+    cfg = json.loads(cli("inspect", "imp:2", check=True).stdout)[0]["Config"]
+    assert cfg["WorkingDir"] == "/tmp/sub"
+    assert cfg["ExposedPorts"] == {"8000/tcp": {}, "8001/tcp": {}, "8002/tcp": {}}
