@@ -52,6 +52,14 @@ def _owner_tag() -> str:
     return f"{pid}-{_proc_start(pid) or 0}-{secrets.token_hex(4)}"
 
 
+def new_owned_dir(parent: Path) -> Path:
+    """A new private dir ``parent/<pid>-<start>-<rand>``: ``SnapshotStore.clean_tmp`` removes it
+    once this process is gone (for ``parent`` = the store's tmp dir), even after a SIGKILL."""
+    d = Path(parent) / _owner_tag()
+    d.mkdir(mode=0o700)
+    return d
+
+
 def _owner_alive(name: str) -> bool:
     m = _OWNER_RE.match(name)
     if not m:
@@ -146,9 +154,7 @@ class SnapshotStore:
         return unique
 
     def new_work_dir(self) -> Path:
-        d = self._tmp / _owner_tag()
-        d.mkdir(mode=0o700)
-        return d
+        return new_owned_dir(self._tmp)
 
     def clean_tmp(self) -> list[Path]:
         """Remove work dirs and half-unpacked snapshots whose owning process is

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import signal
+import contextlib
 import tempfile
 import shutil
 import sys
@@ -344,8 +345,10 @@ def cmd_build(args) -> int:
         from pybuild.builder.url_context import check_url
 
         check_url(args.context)  # a malformed URL is a usage error, before anything is fetched
-    # A stdin or URL context lives in this directory, removed after the build (also on error, Ctrl-C, SIGTERM).
-    with tempfile.TemporaryDirectory(prefix="pybuild-context-") as tmp:
+    # A stdin or URL context lives in this directory, removed after the build (also on error,
+    # Ctrl-C, SIGTERM). It is a work dir of the store (tmp/<pid>-<start>-<rand>), so what a
+    # SIGKILLed build leaves is swept by the next build's clean_stale, not left in /tmp.
+    with _context_dir(args) as tmp:
         stdin_dockerfile = None
         if _looks_like_url(args.context):
             return _build_url_context(args, labels, Path(tmp))
@@ -358,6 +361,21 @@ def cmd_build(args) -> int:
                                                    "add one at its top level, or name it with -f PATH-IN-TAR")
                 return _build(args, labels, None, tar_context=Path(args.context))
         return _build(args, labels, stdin_dockerfile)
+
+
+@contextlib.contextmanager
+def _context_dir(args):
+    from pybuild.store import default_root
+
+    from pybuild.cache.snapshots import new_owned_dir
+
+    tmp_root = (Path(args.root) if args.root else default_root()) / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    d = new_owned_dir(tmp_root)
+    try:
+        yield str(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _build_url_context(args, labels: dict[str, str], tmp: Path) -> int:

@@ -34,15 +34,19 @@ APP_DOCKERFILE = "FROM busybox:latest\nCOPY . /src\nRUN cat /src/hello.txt && ls
 
 @pytest.fixture
 def tmpdir_env(tmp_path, monkeypatch) -> Path:
-    """TMPDIR for the pybuild processes, to check that their context directories are removed."""
+    """The store's tmp dir, where a URL or stdin context lives during a build (TMPDIR is set to
+    an empty dir too, to show nothing goes there)."""
     tmp = tmp_path / "tmpdir"
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))
-    return tmp
+    return tmp_path / "store" / "tmp"
 
 
-def _leftovers(tmp: Path) -> list[str]:
-    return sorted(p.name for p in tmp.iterdir() if p.name.startswith("pybuild-context-"))
+def _leftovers(store_tmp: Path) -> list[str]:
+    """Whatever a build left in the store's tmp dir, or in TMPDIR."""
+    tmpdir = store_tmp.parent.parent / "tmpdir"
+    left = [p.name for p in store_tmp.iterdir()] if store_tmp.exists() else []
+    return sorted(left + [p.name for p in tmpdir.iterdir()])
 
 
 @pytest.fixture
@@ -320,7 +324,7 @@ def test_ctrl_c_during_the_download_removes_the_context_dir(cli, tmpdir_env):
                                 stderr=subprocess.PIPE, text=True)
         assert _StallingHandler.started.wait(120)
         deadline = time.monotonic() + 120  # until the download has begun writing its partial file
-        while not list(tmpdir_env.glob("pybuild-context-*/download/.context.partial")):
+        while not list(tmpdir_env.glob("*/download/.context.partial")):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
@@ -332,6 +336,34 @@ def test_ctrl_c_during_the_download_removes_the_context_dir(cli, tmpdir_env):
         _StallingHandler.release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_killed_build_leaves_its_context_to_the_next_build_to_sweep(cli, tmp_path, tmpdir_env):
+    """SIGKILL leaves no chance to clean up: the context dir is a work dir of the store whose
+    owner is dead, and the next build removes it."""
+    _StallingHandler.started.clear()
+    _StallingHandler.release.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/big.tar"
+        proc = subprocess.Popen([sys.executable, "-m", "pybuild", "build", "-t", "x:1", url], env=cli.env(),
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not list(tmpdir_env.glob("*/download/.context.partial")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=60)
+        assert _leftovers(tmpdir_env) != []  # what the killed build left
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text("FROM busybox:latest\n")
+        cli("build", "-t", "next:1", str(ctx), check=True)
+        assert _leftovers(tmpdir_env) == []
+    finally:
+        _StallingHandler.release.set()
+        server.shutdown()
 
 
 # -- the pure parts -------------------------------------------------------------------------------
