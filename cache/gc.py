@@ -346,13 +346,15 @@ def plan_prune(store, *, all: bool = False, older_than: datetime | None = None,
     nothing - cost nothing and are kept); malformed records always.  ``older_than``
     (``--filter until=``) spares records built or reused since then; ``keep_bytes``
     (``--keep-storage``) takes candidates least recently used first, only until the layers the
-    remaining records hold (blob + snapshot) fit in that many bytes."""
+    remaining records hold (blob + snapshot) fit in that many bytes.  Only what prune could
+    free counts against that budget (BuildKit's keep-storage): a blob or snapshot an image or
+    container also uses is never freed, so it costs the records nothing; one several records
+    share counts once and is freed with the last of them."""
     in_images = image_roots(store.root, store.content)
     base = Roots().update(in_images).update(container_roots(store.root, store.content))
     entries = store.index.entries()
     doomed: list[str] = []
     candidates: list[tuple[str, str]] = []  # (last used or created, key)
-    held: dict[str, int] = {}               # layer digest -> bytes, over every record's layer
     by_key = {}
     for entry in entries:
         if isinstance(entry, tuple):  # malformed: useless, drop it
@@ -360,8 +362,6 @@ def plan_prune(store, *, all: bool = False, older_than: datetime | None = None,
             continue
         key, rec = entry.record.key, entry.record
         by_key[key] = rec
-        if rec.layer is not None and rec.layer.digest not in held:
-            held[rec.layer.digest] = _layer_bytes(store, rec.layer)
         if not all and (rec.layer is None or rec.layer.digest in in_images.blobs):
             continue
         used = entry.last_used or rec.created
@@ -370,20 +370,24 @@ def plan_prune(store, *, all: bool = False, older_than: datetime | None = None,
         candidates.append((used, key))
     candidates.sort()
     if keep_bytes is not None:
-        users: dict[str, int] = {}
+        # what each record's layer would free: its blob and its snapshot, each unless an image or
+        # container holds it too, counted as `du` counts them, and once however many records hold it
+        freeable: dict[tuple[str, str], int] = {}
+        users: dict[tuple[str, str], int] = {}
         for rec in by_key.values():
-            if rec.layer is not None:
-                users[rec.layer.digest] = users.get(rec.layer.digest, 0) + 1
-        total = sum(held.values())
+            for ident in _layer_objects(rec.layer):
+                users[ident] = users.get(ident, 0) + 1
+                if ident not in freeable:
+                    freeable[ident] = _object_bytes(store, base, ident)
+        total = sum(freeable.values())
         for _, key in candidates:
             if total <= keep_bytes:
                 break
             doomed.append(key)
-            layer = by_key[key].layer
-            if layer is not None:
-                users[layer.digest] -= 1
-                if users[layer.digest] == 0 and layer.digest not in in_images.blobs:
-                    total -= held[layer.digest]
+            for ident in _layer_objects(by_key[key].layer):
+                users[ident] -= 1
+                if users[ident] == 0:
+                    total -= freeable[ident]
     else:
         doomed += [key for _, key in candidates]
     gone = set(doomed)
@@ -426,12 +430,15 @@ class PruneResult:
     """What :func:`prune` removed, by the kinds of ``pybuild du`` (``layers``, ``snapshots``,
     ``records``, ``logs``, ``tmp``): ``{"count": n, "size": bytes}`` each, sizes counted as
     ``du`` counts them.  ``records`` counts the deleted cache records; its size is the blobs and
-    snapshots only they held plus what the index file shrank by."""
+    snapshots only they held plus what the index file shrank by, and its ``layers`` and
+    ``snapshots`` (``{"count", "size"}`` each) say how many of those blobs and snapshots went
+    (they are in ``gc.blobs``/``gc.snapshots`` too; ``held_by_records`` names them)."""
 
     kinds: dict[str, dict[str, int]]
     records: list[str]
     gc: GCResult
     index_bytes: int  # how much the index database (with its WAL) shrank
+    held_by_records: set[tuple[str, str]] = field(default_factory=set)  # ("blob"|"snapshot", id) of "records"
 
     @property
     def reclaimed(self) -> int:
@@ -454,6 +461,9 @@ def prune(store, plan: PrunePlan) -> PruneResult:
     caller holds ``exclusive(store.root)``.  ``RUN --mount=type=cache`` directories are the
     builder's and left to the caller."""
     kinds = {k: {"count": 0, "size": 0} for k in ("layers", "snapshots", "records", "logs", "tmp")}
+    kinds["records"]["layers"] = {"count": 0, "size": 0}     # the blobs and snapshots counted in
+    kinds["records"]["snapshots"] = {"count": 0, "size": 0}  # "records": only cache records held them
+    held_by_records: set[tuple[str, str]] = set()
     index_before = index_disk_usage(store.index)
     logs = store.root / "logs"
     if plan.whole and logs.is_dir():
@@ -465,24 +475,49 @@ def prune(store, plan: PrunePlan) -> PruneResult:
     result = sweep(store, plan.roots)
     result.cache_records = list(plan.records)
     for blob in result.blobs:
-        kind = plan.blob_kind(blob.digest)
-        kinds[kind]["size"] += result.blob_bytes.get(blob.digest, 0)
-        kinds[kind]["count"] += kind == "layers"
+        size = result.blob_bytes.get(blob.digest, 0)
+        if plan.blob_kind(blob.digest) == "records":
+            row = kinds["records"]["layers"]
+            held_by_records.add(("blob", blob.digest))
+            kinds["records"]["size"] += size
+        else:
+            row = kinds["layers"]
+        row["count"] += 1
+        row["size"] += size
     for diff_id, size in result.snapshots:
-        kind = plan.snapshot_kind(diff_id)
-        kinds[kind]["size"] += size
-        kinds[kind]["count"] += kind == "snapshots"
+        if plan.snapshot_kind(diff_id) == "records":
+            row = kinds["records"]["snapshots"]
+            held_by_records.add(("snapshot", diff_id))
+            kinds["records"]["size"] += size
+        else:
+            row = kinds["snapshots"]
+        row["count"] += 1
+        row["size"] += size
     kinds["records"]["count"] = len(plan.records)
     kinds["records"]["size"] += shrink
     kinds["tmp"]["count"] = result.ingest + result.tmp
     kinds["tmp"]["size"] = result.tmp_bytes
-    return PruneResult(kinds=kinds, records=list(plan.records), gc=result, index_bytes=shrink)
+    return PruneResult(kinds=kinds, records=list(plan.records), gc=result, index_bytes=shrink,
+                       held_by_records=held_by_records)
 
 
-def _layer_bytes(store, layer) -> int:
-    """Disk bytes a cached layer holds: its blob and its unpacked snapshot."""
-    snap = store.snapshots.path(layer.diff_id)
-    return layer.size + (dir_size(snap) if snap.exists() else 0)
+def _layer_objects(layer) -> list[tuple[str, str]]:
+    """The blob and the snapshot a cached layer holds, as ``("blob", digest)``, ``("snapshot", diff_id)``."""
+    return [] if layer is None else [("blob", layer.digest), ("snapshot", layer.diff_id)]
+
+
+def _object_bytes(store, base: Roots, ident: tuple[str, str]) -> int:
+    """Disk bytes (as ``du`` counts them) deleting the cache records that hold ``ident`` frees:
+    none if an image or container (``base``) holds it too, or if it is not on disk."""
+    kind, name = ident
+    if kind == "blob":
+        if name in base.blobs or not store.content.exists(name):
+            return 0
+        return dir_size(store.content.path(name))
+    if name in base.diff_ids:
+        return 0
+    path = store.snapshots.path(name)
+    return dir_size(path) if path.exists() else 0
 
 
 def _parse_time(text: str | None) -> datetime:

@@ -51,6 +51,14 @@ def test_du_matches_du_and_prune(cli, tmp_path):
     assert 1 <= len(private) <= 2
     assert kinds["snapshots"]["count"] == len(snapshots) - len(private)
     assert kinds["layers"]["count"] == len(blobs) - len(private) - 4  # nor the tagged images' manifests, configs
+    # ... and are the "of which" sub-counts of "Cache records", so that the counts add up to what is on disk
+    held = kinds["records"]["layers"], kinds["records"]["snapshots"]
+    assert held[0]["count"] == held[1]["count"] == len(private)
+    assert kinds["snapshots"]["count"] + held[1]["count"] == len(snapshots)
+    assert kinds["layers"]["count"] + held[0]["count"] + 4 == len(blobs)
+    private_blobs = [p for p in blobs if "sha256:" + p.name in private]
+    assert held[0]["size"] == sum(_du(p) for p in private_blobs) > 0
+    assert 0 < held[0]["size"] + held[1]["size"] <= kinds["records"]["size"]
     assert kinds["images"]["count"] == 2  # busybox:latest, app:1
     assert kinds["records"]["count"] == 7  # WORKDIR, COPY, RUN, RUN; then new COPY, RUN, RUN (WORKDIR hit)
     assert kinds["mounts"]["count"] == 1 and kinds["mounts"]["reclaimable"] == kinds["mounts"]["size"] > 0
@@ -75,9 +83,9 @@ def test_du_table_and_verbose(cli, tmp_path):
     out = cli("du", check=True).stdout
     lines = out.splitlines()
     assert lines[0].split() == ["TYPE", "TOTAL", "SIZE", "RECLAIMABLE"]
-    assert [line.split("  ")[0] for line in lines[1:10]] == [
-        "Images", "Layer blobs", "Snapshots", "Cache records", "Cache mounts", "Step logs", "Temporary files",
-        "Other", "Total"]
+    assert [re.split(r"(?<=\S)\s{2,}", line)[0] for line in lines[1:12]] == [
+        "Images", "Layer blobs", "Snapshots", "Cache records", "  of which layer blobs", "  of which snapshots",
+        "Cache mounts", "Step logs", "Temporary files", "Other", "Total"]
     verbose = cli("du", "--verbose", check=True).stdout
     ids = [line.split("\t")[-1] for line in verbose.splitlines() if line.startswith("ID:")]
     report = _report(cli)
@@ -191,3 +199,28 @@ def test_prune_vacuums_the_index_and_counts_its_shrink(cli):
         f"Total reclaimed space: {human_size(before['total']['reclaimable'], 4)}"
     after = _report(cli)
     assert after["kinds"]["records"]["count"] == 0 and after["total"]["reclaimable"] == 0
+
+
+def test_prune_verbose_lists_by_the_rows_of_its_table(cli, tmp_path):
+    """-v's lines per kind are the table's counts per row: a blob or snapshot only cache records
+    held is listed (and counted) with "Cache records", not as a "Layer blobs"/"Snapshots" one."""
+    _build_twice(cli, tmp_path)
+    before = _report(cli)
+    private = {r["layer"] for r in before["records"] if r["layer"] and not r["shared"]}
+    r = cli("prune", "-a", "-f", "-v", check=True)
+    listed: dict[str, int] = {}
+    for line in r.stdout.split("\n\n")[0].splitlines()[1:]:
+        kind = line.rsplit(" ", 1)[0]
+        listed[kind] = listed.get(kind, 0) + 1
+    table = _prune_table(r.stdout)
+    assert listed.get("blob", 0) == int(table["Layer blobs"][0]) > 0  # the first app:1's manifest, config
+    assert listed.get("snapshot", 0) == int(table["Snapshots"][0])
+    assert listed.get("cache record layer blob", 0) == int(table["of which layer blobs"][0]) == len(private)
+    assert listed.get("cache record snapshot", 0) == int(table["of which snapshots"][0]) == len(private)
+    assert listed["cache record"] == int(table["Cache records"][0]) == 7
+    # and by du's rows: what du called the records' layers and snapshots is what went as theirs
+    held = before["kinds"]["records"]
+    assert table["of which layer blobs"] == (str(held["layers"]["count"]), human_size(held["layers"]["reclaimable"]))
+    assert table["of which snapshots"] == (str(held["snapshots"]["count"]),
+                                           human_size(held["snapshots"]["reclaimable"]))
+    assert table["Snapshots"][1] == human_size(before["kinds"]["snapshots"]["reclaimable"])

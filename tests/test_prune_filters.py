@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -80,3 +81,26 @@ def test_plain_prune_all_still_drops_everything(cli, tmp_path):
 def test_bad_flags_exit_2(cli, flag, msg):
     res = cli("prune", "-f", *flag)
     assert res.code == 2 and msg in res.stderr
+
+
+def test_keep_storage_counts_only_what_prune_can_free(cli, tmp_path):
+    """A layer an image uses is never freed: it must not count against --keep-storage, or the
+    budget is spent before any cache and even the newest record that fits is removed."""
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "Dockerfile").write_text("FROM busybox\nRUN head -c 600000 /dev/urandom > /big\n")
+    cli("build", "-t", "big:1", str(img), check=True)  # its ~1.2 MB layer (blob + snapshot): the image's
+    _two_builds(cli, tmp_path)
+    _age(cli.root, "/big", "2019-01-01T00:00:00Z")
+    _age(cli.root, "/old", "2020-01-01T00:00:00Z")
+    # freeable: /old's ~400 kB and /new's ~200 kB; room for /new only
+    report = json.loads(cli("du", "--format", "json", "--keep-storage", "450k", check=True).stdout)
+    reclaimable = {r["description"]: r["reclaimable"] for r in report["records"]}
+    assert [v for d, v in reclaimable.items() if "/new" in d] == [False]
+    assert [v for d, v in reclaimable.items() if "/old" in d] == [True]
+    row = report["kinds"]["records"]
+    assert 350_000 < row["reclaimable"] < 450_000  # /old's layer, not the image's
+    cli("prune", "-a", "-f", "--keep-storage", "450k", check=True)
+    left = _records(cli.root).values()
+    assert not any("/old" in d for d in left) and any("/new" in d for d in left)
+    assert cli("images", check=True).stdout.count("big") == 1

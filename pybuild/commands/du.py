@@ -9,7 +9,11 @@ what it removed by the same kinds and in the same units.
 
 "Cache records" holds the cache index (its database, shrunk by prune's VACUUM, and the
 last-build records) and the layer blobs and snapshots that only cache records hold; an image's
-or container's layers are "Layer blobs" and "Snapshots" even when a record names them too. With
+or container's layers are "Layer blobs" and "Snapshots" even when a record names them too. Its
+TOTAL counts records; its "of which layer blobs" and "of which snapshots" rows count (and size)
+the blobs and snapshots it holds, so every blob file and snapshot directory is counted once:
+Layer blobs + of which layer blobs (+ the images' manifests and configs) and Snapshots + of which
+snapshots are what is on disk. `prune -v` lists what it removed by the same rows. With
 --verbose, every record is listed with the bytes it accounts for in that row (a layer several
 records share is counted with one of them: a record prune keeps, if any), so the listed sizes
 add up to the row's SIZE and those of the records listed as reclaimable to its RECLAIMABLE.
@@ -30,6 +34,12 @@ KINDS = (
     ("tmp", "Temporary files", "work dirs and blob writes in progress (or left by killed builds)"),
     ("other", "Other", "index.json, oci-layout, locks, directories"),
 )
+
+# Rows that break a kind's SIZE down (their bytes are in it, not added to the total): the blobs and
+# snapshots counted in "Cache records", so that the TOTAL counts of "Images"' blobs (manifests
+# and configs, counted as tags), "Layer blobs" and these add up to the files in blobs/, those of
+# "Snapshots" and these to the directories in snapshots/.
+SUBROWS = {"records": (("layers", "  of which layer blobs"), ("snapshots", "  of which snapshots"))}
 
 
 def add_parser(sub) -> None:
@@ -102,11 +112,16 @@ def usage(store, *, builds_running: bool, older_than=None, keep_bytes=None) -> d
 
     seen: set[tuple[int, int]] = set()
     kinds = {k: {"count": 0, "size": 0, "reclaimable": 0} for k, _, _ in KINDS}
+    for kind, subs in SUBROWS.items():
+        for sub, _ in subs:
+            kinds[kind][sub] = {"count": 0, "size": 0, "reclaimable": 0}
 
-    def add(kind: str, size: int, reclaimable: bool, count: int = 1) -> None:
-        kinds[kind]["count"] += count
-        kinds[kind]["size"] += size
-        kinds[kind]["reclaimable"] += size if reclaimable else 0
+    def add(kind: str, size: int, reclaimable: bool, count: int = 1, sub: str | None = None) -> None:
+        for row, n in ((kinds[kind], count), (kinds[kind][sub] if sub else None, 1)):
+            if row is not None:
+                row["count"] += n
+                row["size"] += size
+                row["reclaimable"] += size if reclaimable else 0
 
     plan = gc.plan_prune(store, all=True, older_than=older_than, keep_bytes=keep_bytes)
     meta, _, _, tags = _image_blobs(store)
@@ -118,12 +133,14 @@ def usage(store, *, builds_running: bool, older_than=None, keep_bytes=None) -> d
             add("images", size, False, count=0)
             continue
         kind = plan.blob_kind(blob.digest)
-        add(kind, size, blob.digest not in plan.roots.blobs, count=int(kind == "layers"))
+        add(kind, size, blob.digest not in plan.roots.blobs, count=int(kind == "layers"),
+            sub="layers" if kind == "records" else None)
     snapshot_du: dict[str, int] = {}
     for diff_id in store.snapshots.walk():
         size = snapshot_du[diff_id] = dir_size(store.snapshots.path(diff_id), seen)
         kind = plan.snapshot_kind(diff_id)
-        add(kind, size, diff_id not in plan.roots.diff_ids, count=int(kind == "snapshots"))
+        add(kind, size, diff_id not in plan.roots.diff_ids, count=int(kind == "snapshots"),
+            sub="snapshots" if kind == "records" else None)
 
     entries = store.index.entries()
     gone = set(plan.records)
@@ -259,9 +276,10 @@ def run(args, store_factory) -> int:
     rows = [("TYPE", "TOTAL", "SIZE", "RECLAIMABLE")]
     for key, label, _ in KINDS:
         k = report["kinds"][key]
-        share = f" ({100 * k['reclaimable'] // k['size']}%)" if k["size"] and k["reclaimable"] else ""
-        rows.append((label, str(k["count"]) if key != "other" else "-", human_size(k["size"]),
-                     human_size(k["reclaimable"]) + share))
+        for row, row_label in ((k, label), *((k[sub], sub_label) for sub, sub_label in SUBROWS.get(key, ()))):
+            share = f" ({100 * row['reclaimable'] // row['size']}%)" if row["size"] and row["reclaimable"] else ""
+            rows.append((row_label, str(row["count"]) if key != "other" else "-", human_size(row["size"]),
+                         human_size(row["reclaimable"]) + share))
     t = report["total"]
     rows.append(("Total", "-", human_size(t["size"]), human_size(t["reclaimable"])))
     print(table(rows))

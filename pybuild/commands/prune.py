@@ -5,7 +5,10 @@ What it removes is decided by one plan (`cache.gc.plan_prune`) that `pybuild du`
 `du` with the same --filter/--keep-storage calls reclaimable is what `prune -a` frees. The index
 database is VACUUMed after the rows go (under the GC's exclusive lock), so it shrinks. The report
 is by du's kinds (how many of each, and their size as du counts it) and ends with the total;
--v also lists what went (cache record keys, blob digests, snapshots, cache mounts)."""
+-v also lists what went (cache record keys, blob digests, snapshots, cache mounts), by the same rows:
+a blob or snapshot only the removed records held is a `cache record layer blob` or `cache record
+snapshot` line and counted in the "Cache records" row's "of which" sub-rows (its size is in that
+row's), any other a `blob` or `snapshot` line counted in "Layer blobs" or "Snapshots"."""
 
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--filter", action="append", default=[], metavar="until=DURATION",
                    help="only cache not used within DURATION (Go syntax: 24h, 90m, 1h30m)")
     p.add_argument("--keep-storage", metavar="SIZE",
-                   help="remove least recently used cache only until it fits in SIZE (e.g. 10GB, 512MiB)")
+                   help="remove least recently used cache only until what the rest could free fits in SIZE "
+                        "(layers images use do not count: prune never frees them; e.g. 10GB, 512MiB)")
     p.epilog = "Examples: pybuild prune -f --filter until=24h; pybuild prune -a -f --keep-storage 5GB"
 
 
@@ -88,7 +92,7 @@ def run(args, store_factory) -> int:
     from pybuild.errors import PybuildError
 
     from ._format import human_size, table
-    from .du import KINDS
+    from .du import KINDS, SUBROWS
 
     older_than, keep_bytes = _options(args)
     if not args.force:
@@ -118,12 +122,23 @@ def run(args, store_factory) -> int:
     swept = result.gc
     if args.verbose and (result.records or swept.blobs or swept.snapshots or cache_mounts):
         print("Deleted build cache objects:")
+        # grouped as the table counts them: records, then the blobs and snapshots only they held
+        # (the "Cache records" row), then the others ("Layer blobs" and "Snapshots" rows)
+        held = result.held_by_records
         for key in result.records:
             print(f"cache record {key}")
         for blob in swept.blobs:
-            print(f"blob {blob.digest}")
+            if ("blob", blob.digest) in held:
+                print(f"cache record layer blob {blob.digest}")
         for diff_id, _ in swept.snapshots:
-            print(f"snapshot {diff_id}")
+            if ("snapshot", diff_id) in held:
+                print(f"cache record snapshot {diff_id}")
+        for blob in swept.blobs:
+            if ("blob", blob.digest) not in held:
+                print(f"blob {blob.digest}")
+        for diff_id, _ in swept.snapshots:
+            if ("snapshot", diff_id) not in held:
+                print(f"snapshot {diff_id}")
         for mount, _ in cache_mounts:
             print(f"cache mount {mount.id}")
         print()
@@ -132,6 +147,9 @@ def run(args, store_factory) -> int:
         for key, label, _ in KINDS:
             if key in kinds:
                 rows.append((label, str(kinds[key]["count"]), human_size(kinds[key]["size"])))
+                for sub, sub_label in SUBROWS.get(key, ()):
+                    k = kinds[key][sub]
+                    rows.append((sub_label, str(k["count"]), human_size(k["size"])))
         print(table(rows))
     print(f"Total reclaimed space: {human_size(sum(k['size'] for k in kinds.values()), 4)}")
     return 0
