@@ -231,7 +231,9 @@ def execute(store, c: Container, lowerdirs: list[Path], *, stdin: int | None, st
         c.set_state(Status="running", SupervisorPid=os.getpid(), StartedAt=now_rfc3339(), ExitCode=0,
                     OOMKilled=False, Error="")
         try:
-            status = run(spec, rootfs, stdin=stdin, stdout=stdout, stderr=stderr)
+            # started directly, not by the fork server: init_pid finds the outer init as the
+            # holder's child by its cmdline
+            status = run(spec, rootfs, stdin=stdin, stdout=stdout, stderr=stderr, use_zygote=False)
         except SandboxError as e:
             raise PybuildError(str(e)) from None
     except PybuildError as e:

@@ -8,6 +8,11 @@ Process layout::
     pybuild ── outer (this script, unshare()s, forwards signals) ── PID 1 (mounts, pivot_root,
                reaper) ── command
 
+For builds the outer process is forked by pybuild's fork server (``zygote`` below: the same
+interpreter with this module imported, one per pybuild process) instead of being started as a
+fresh interpreter, so it is pybuild's grandchild; the zygote is then its parent for
+``parent_pid`` and PDEATHSIG, and dies with pybuild.
+
 The outer process joins the network namespace file given as ``network`` (if any), calls
 unshare(NEWNS|NEWPID|NEWUTS|NEWIPC[|NEWNET]) and forks: the child is
 PID 1 of the new PID namespace.  PID 1 builds the root file system inside the private mount
@@ -1039,12 +1044,151 @@ def outer(cfg: dict, ctl: Ctl) -> int:
 
 
 def main(argv: list[str]) -> int:
-    tmp = argv[1]
+    return start(argv[1])
+
+
+def start(tmp: str, ctl_fd: int | None = None, parent_pid: int | None = None) -> int:
+    """The outer init for the run whose config is in ``tmp`` (``ctl_fd``/``parent_pid``: when
+    forked by the zygote, which received the ctl pipe under another number and is the parent)."""
     with open(os.path.join(tmp, "config.marshal"), "rb") as f:
         cfg = marshal.load(f)
     cfg["tmp"] = tmp
+    if ctl_fd is not None:
+        cfg["ctl_fd"] = ctl_fd
+    if parent_pid is not None:
+        cfg["parent_pid"] = parent_pid
     os.set_inheritable(cfg["ctl_fd"], False)
     return outer(cfg, Ctl(cfg["ctl_fd"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# zygote (fork server): `python -I -S -c "...; _init.zygote(sys.argv)" SOCK_FD PARENT_PID`
+#
+# One per pybuild process (runner._Zygote), started on its first sandbox run from a thread that
+# lives as long as the process (PDEATHSIG fires when the forking *thread* exits).  It has this
+# module imported already and forks one outer init per request instead of pybuild starting a
+# fresh interpreter (~18 ms) per RUN.
+#
+# Request (SOCK_SEQPACKET message on SOCK_FD): data = the run's tmp dir, SCM_RIGHTS =
+# [reply socket, stdin, stdout, stderr, ctl pipe write end].  Replies on the request's own reply
+# socket: ``struct "q"`` pid of the outer init with a pidfd of it (SCM_RIGHTS; -errno and no fd
+# if fork failed), later ``struct "q"`` its wait status once reaped; then the socket is closed.
+
+ZYGOTE_REQ_FDS = 5
+_Q = struct.Struct("q")
+
+
+def zygote(argv: list[str]) -> int:
+    sock = socket.socket(fileno=int(argv[1]))
+    parent = int(argv[2])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # own process group; pybuild aborts runs itself
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:
+        return 137  # pybuild already gone
+    try:
+        sock.send(b"ready")
+    except OSError:
+        return 0  # pybuild gave up starting it
+    me = os.getpid()
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply socket)
+    # reply socket fd -> pidfd: pybuild never writes there, so readable = it closed its end
+    # (the run was interrupted before it could track the init): kill that init
+    watched: dict[int, int] = {}
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    open_ = True
+    fd_size = struct.calcsize("i")
+    while open_ or children:
+        for fd, _ev in poller.poll():
+            if fd in watched:
+                pidfd = watched.pop(fd)
+                poller.unregister(fd)
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
+                continue
+            if fd in children:
+                pid, reply = children.pop(fd)
+                poller.unregister(fd)
+                if watched.pop(reply.fileno(), None) is not None:
+                    poller.unregister(reply.fileno())
+                os.close(fd)
+                _, st = os.waitpid(pid, 0)
+                try:
+                    reply.send(_Q.pack(st))
+                except OSError:
+                    pass  # the run was given up (its thread died); nothing to tell
+                reply.close()
+                continue
+            if fd != sock.fileno():
+                continue  # closed earlier in this round
+            try:
+                data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(ZYGOTE_REQ_FDS * fd_size))
+            except InterruptedError:
+                continue
+            fds: list[int] = []
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    n = len(payload) // fd_size
+                    fds.extend(struct.unpack(f"{n}i", payload[:n * fd_size]))
+            if not data and not fds:  # pybuild closed its end: finish the runs, then exit
+                open_ = False
+                poller.unregister(sock.fileno())
+                continue
+            if len(fds) != ZYGOTE_REQ_FDS:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            reply = socket.socket(fileno=fds[0])
+            try:
+                pid = os.fork()
+            except OSError as e:
+                pid = -e.errno
+            if pid == 0:
+                _zygote_child(os.fsdecode(data), fds, me)  # never returns
+            for fd in fds[1:]:
+                os.close(fd)
+            if pid < 0:
+                reply.send(_Q.pack(pid))
+                reply.close()
+                continue
+            pidfd = os.pidfd_open(pid)
+            try:
+                reply.sendmsg([_Q.pack(pid)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))])
+            except OSError:
+                pass  # the requester is gone: its reply socket is readable, the init is killed
+            children[pidfd] = (pid, reply)
+            poller.register(pidfd, select.POLLIN)
+            watched[reply.fileno()] = pidfd
+            poller.register(reply.fileno(), select.POLLIN)
+    return 0
+
+
+def _zygote_child(tmp: str, fds: list[int], zygote_pid: int) -> None:
+    """In the forked child: become what a freshly started init is (fds 0-2 and the ctl pipe,
+    nothing else open; default signal dispositions; own process group), then run it."""
+    code = 1
+    try:
+        _reply, stdin, stdout, stderr, ctl = fds
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
+        os.setpgid(0, 0)
+        for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(src, dst)  # inheritable, as Popen leaves them
+        if ctl != 3:
+            os.dup2(ctl, 3, inheritable=False)
+        os.set_inheritable(3, False)
+        os.closerange(4, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
+        code = start(tmp, ctl_fd=3, parent_pid=zygote_pid)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - as an uncaught exception in a fresh init: traceback, 1
+        try:
+            sys.excepthook(*sys.exc_info())
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,13 @@
 See ``_init.py`` for what happens inside.  This side writes the config into a private temp
 dir, starts the init process, forwards SIGINT/SIGTERM while waiting, and afterwards removes
 the mount-point stubs the init had to create in the upper dir and the temp dir.
+
+The init is forked by this process's fork server (``_Zygote``, ``_init.zygote``; started on the
+first run from a thread that lives as long as the process, replaced if it died), which saves
+starting an interpreter per run: it gets the temp dir and the fds over a unix socket, answers
+on the request's own reply socket with the init's pid and a pidfd (used to signal it), and
+later with its wait status.  ``run(use_zygote=False)`` starts the init directly as a child
+(``runtime.launch``: a container's holder finds its init among its children).
 """
 
 from __future__ import annotations
@@ -13,9 +20,13 @@ import ipaddress
 import json
 import marshal
 import os
+import queue
+import select
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,8 +46,15 @@ __all__ = ["ExitStatus", "IdMap", "Mount", "ProcessSpec", "Resources", "RootfsSp
 _INIT_DIR = str(Path(_init.__file__).resolve().parent)
 _INIT_CODE = f"import sys; sys.path.insert(0, {_INIT_DIR!r}); import _init; sys.exit(_init.main(sys.argv))"
 _INIT_ARGS = ["-I", "-S", "-c", _INIT_CODE]  # no -B: a stale .pyc is rewritten once, not compiled each time
-# In /proc/PID/cmdline of a sandbox's outer init: how runtime.launch finds a container's init.
+# In /proc/PID/cmdline of a sandbox's outer init started directly (run(use_zygote=False)): how
+# runtime.launch finds a container's init.
 INIT_CMDLINE_MARK = _INIT_CODE.encode()
+# The fork server (zygote, see _init.zygote): the same interpreter and module, started once per
+# pybuild process; it forks the outer inits of run(use_zygote=True), so they have its cmdline.
+_ZYGOTE_CODE = f"import sys; sys.path.insert(0, {_INIT_DIR!r}); import _init; sys.exit(_init.zygote(sys.argv))"
+_ZYGOTE_ARGS = ["-I", "-S", "-c", _ZYGOTE_CODE]
+ZYGOTE_CMDLINE_MARK = _ZYGOTE_CODE.encode()
+_ZYGOTE_START_TIMEOUT = 30.0
 
 # Entries of the upper dir that may be turned into mount-point stubs; checked before the run so
 # a whiteout that was there can be put back after the stub is removed.
@@ -122,10 +140,31 @@ class SandboxError(Exception):
 
 @dataclass(eq=False)
 class _Active:
-    proc: subprocess.Popen
+    """A started outer init: ``pidfd`` refers to it; its exit status comes from ``proc`` (started
+    directly, our child) or from ``reply`` (forked by the zygote, which reaps it and sends it)."""
     pidfd: int
+    proc: subprocess.Popen | None = None
+    reply: socket.socket | None = None
+    code: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The init's exit code as Popen.returncode gives it (-N: killed by signal N)."""
+        if self.proc is not None:
+            return self.proc.wait(timeout)
+        if self.code is not None:
+            return self.code
+        if timeout is not None and not select.select([self.reply], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired("sandbox init", timeout)
+        data = self.reply.recv(64)
+        if len(data) == _Q.size:
+            self.code = os.waitstatus_to_exitcode(_Q.unpack(data)[0])
+        else:
+            # the zygote died: the init dies with it (PDEATHSIG); return once it is gone
+            select.select([self.pidfd], [], [])
+            self.code = -signal.SIGKILL
+        return self.code
 
     def signal(self, sig: int) -> None:
         with self.lock:
@@ -141,6 +180,8 @@ class _Active:
             if not self.closed:
                 self.closed = True
                 os.close(self.pidfd)
+                if self.reply is not None:
+                    self.reply.close()  # unanswered: the zygote kills the init
 
 
 _active: set[_Active] = set()
@@ -439,13 +480,176 @@ def _read_ctl(fd: int) -> list[dict]:
     return msgs
 
 
+_Q = struct.Struct("q")
+_FD_SIZE = struct.calcsize("i")
+
+
+def _in_lifetime_thread(fn):
+    """Call ``fn`` in a thread that lives as long as the process and return its result: a child
+    it forks gets PR_SET_PDEATHSIG relative to that thread, not to the (maybe short-lived)
+    build thread that needed it."""
+    with _starter_lock:
+        global _starter_pid
+        if _starter_pid != os.getpid():  # first use (or a forked pybuild: threads are gone)
+            _starter_pid = os.getpid()
+            t = threading.Thread(target=_starter_loop, args=(_starter_q,), name="pybuild-sandbox-zygote",
+                                 daemon=True)
+            t.start()
+        q = _starter_q
+    box: list = []
+    done = threading.Event()
+    q.put((fn, box, done))
+    done.wait()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _starter_loop(q: queue.SimpleQueue) -> None:
+    while True:
+        fn, box, done = q.get()
+        try:
+            box.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box.append((False, e))
+        done.set()
+
+
+_starter_lock = threading.Lock()
+_starter_pid: int | None = None
+_starter_q: queue.SimpleQueue = queue.SimpleQueue()
+
+
+class _Zygote:
+    """This process's fork server (``_init.zygote``): started on first use, replaced when it died."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.owner = 0
+
+    def _alive(self) -> bool:
+        return self.proc is not None and self.owner == os.getpid() and self.proc.poll() is None
+
+    def _stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None and self.owner == os.getpid():
+            self.proc.kill()  # its runs die with it (PDEATHSIG); callers waiting get EOF
+            self.proc.wait()
+        self.proc = None
+
+    def _start(self) -> None:
+        self._stop()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            argv = [sys.executable, *_ZYGOTE_ARGS, str(theirs.fileno()), str(os.getpid())]
+            proc = _in_lifetime_thread(lambda: subprocess.Popen(
+                argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                close_fds=True, process_group=0, env={}, cwd="/"))
+        except OSError as e:
+            mine.close()
+            raise SandboxError(f"cannot start the sandbox fork server {sys.executable}: {e.strerror}") from None
+        except BaseException:
+            mine.close()  # interrupted: a zygote started meanwhile exits (nobody to serve)
+            raise
+        finally:
+            theirs.close()
+        ready = b""
+        if select.select([mine], [], [], _ZYGOTE_START_TIMEOUT)[0]:
+            ready = mine.recv(16)
+        if ready != b"ready":
+            mine.close()
+            proc.kill()
+            code = proc.wait()
+            raise SandboxError(f"the sandbox fork server did not start (exit status {code}; "
+                               f"its error, if any, is on stderr above)")
+        self.proc, self.sock, self.owner = proc, mine, os.getpid()
+
+    def request(self, tmp: str, fds: list[int]) -> socket.socket:
+        """Ask for an init on ``tmp`` with ``fds`` (stdin, stdout, stderr, ctl); the reply socket."""
+        with self.lock:
+            for _attempt in range(2):
+                if not self._alive():
+                    self._start()
+                mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    self.sock.sendmsg([os.fsencode(tmp)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                            struct.pack(f"{len(fds) + 1}i", theirs.fileno(), *fds))])
+                except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
+                    mine.close()  # it died since the last run (killed?): start a new one
+                    self._stop()
+                    continue
+                except BaseException:
+                    mine.close()
+                    raise
+                finally:
+                    theirs.close()
+                return mine
+        raise SandboxError("the sandbox fork server died on start")
+
+
+_zygote = _Zygote()
+
+
+def _std_fd(fd: int | None, default: int, opened: list[int]) -> int:
+    """The fd the init gets as stdin/stdout/stderr: as Popen, None means pybuild's own."""
+    if fd is not None:
+        return fd
+    try:
+        os.fstat(default)
+        return default
+    except OSError:  # closed in pybuild: /dev/null stands in
+        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        opened.append(fd)
+        return fd
+
+
+def _start_zygote_init(tmp: str, stdin: int | None, stdout: int | None, stderr: int | None,
+                       ctl_w: int) -> _Active:
+    opened: list[int] = []
+    try:
+        fds = [_std_fd(stdin, 0, opened), _std_fd(stdout, 1, opened), _std_fd(stderr, 2, opened), ctl_w]
+        reply = _zygote.request(tmp, fds)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    pidfd = -1
+    try:
+        data, anc, _flags, _addr = reply.recvmsg(_Q.size, socket.CMSG_SPACE(_FD_SIZE))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(payload) >= _FD_SIZE:
+                pidfd = struct.unpack("i", payload[:_FD_SIZE])[0]
+        if len(data) != _Q.size:
+            raise SandboxError("the sandbox fork server died")
+        pid = _Q.unpack(data)[0]
+        if pid < 0:
+            raise SandboxError(f"sandbox fork server: fork: {os.strerror(-pid)}")
+        if pidfd < 0:
+            raise SandboxError("sandbox fork server: no pidfd for the init")
+        os.set_inheritable(pidfd, False)
+        return _Active(pidfd, reply=reply)
+    except BaseException:
+        reply.close()  # the zygote then kills the init, if it forked one
+        if pidfd >= 0:
+            os.close(pidfd)
+        raise
+
+
 def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
-        stdout: int | None = None, stderr: int | None = None) -> ExitStatus:
+        stdout: int | None = None, stderr: int | None = None, use_zygote: bool = True) -> ExitStatus:
     """Run ``spec`` in a new sandbox on ``rootfs``; block until its whole process tree is gone.
 
     SIGINT/SIGTERM arriving while this waits (when called from the main thread) are forwarded
     to the command and ``run`` returns its status; a second SIGINT raises KeyboardInterrupt,
     after the sandbox has been killed.  Raises SandboxError when the sandbox cannot be set up.
+
+    ``use_zygote``: the outer init is forked by this process's fork server (saves starting an
+    interpreter per run); False starts it directly as a child of this process, with
+    INIT_CMDLINE_MARK in its cmdline (``runtime.launch.init_pid`` finds a container's init so).
     """
     _validate(spec, rootfs)
     lowerdirs = [str(p) for p in rootfs.lowerdirs]
@@ -506,14 +710,17 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
         with os.fdopen(fd, "wb") as f:
             marshal.dump(cfg, f)
 
-        proc = subprocess.Popen(
-            [sys.executable, *_INIT_ARGS, tmp],
-            stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=(ctl_w,),
-            close_fds=True, start_new_session=False, process_group=0, env={},
-        )
+        if use_zygote:
+            active = _start_zygote_init(tmp, stdin, stdout, stderr, ctl_w)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, *_INIT_ARGS, tmp],
+                stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=(ctl_w,),
+                close_fds=True, start_new_session=False, process_group=0, env={},
+            )
+            active = _Active(os.pidfd_open(proc.pid), proc=proc)
         os.close(ctl_w)
         ctl_w = -1
-        active = _Active(proc, os.pidfd_open(proc.pid))
         with _active_lock:
             _active.add(active)
         code = _wait(active)
@@ -557,7 +764,7 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
 def _wait(active: _Active) -> int:
     """Wait for the init; forward SIGINT/SIGTERM to it meanwhile (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
-        return active.proc.wait()
+        return active.wait()
     seen: list[int] = []
 
     def handler(sig, _frame):
@@ -570,7 +777,7 @@ def _wait(active: _Active) -> int:
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, handler)
-        return active.proc.wait()
+        return active.wait()
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
@@ -580,7 +787,7 @@ def _kill_and_reap(active: _Active) -> None:
     """Abort the sandbox and wait until the init (and so the whole PID namespace) is gone."""
     active.signal(_init.ABORT_SIGNAL)
     try:
-        active.proc.wait(timeout=10)
+        active.wait(timeout=10)
     except BaseException:  # noqa: BLE001 - a second Ctrl-C must not leave processes behind
         active.signal(signal.SIGKILL)
-        active.proc.wait()
+        active.wait()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import run_captured
 
-from pybuild.sandbox.runner import (INIT_CMDLINE_MARK, ExitStatus, ProcessSpec, RootfsSpec, SandboxError,
-                                    abort_all)
+from pybuild.sandbox.runner import (INIT_CMDLINE_MARK, ZYGOTE_CMDLINE_MARK, ExitStatus, ProcessSpec, RootfsSpec,
+                                    SandboxError, abort_all)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/bin/busybox"),
                                 reason="needs root and /bin/busybox")
@@ -76,6 +76,14 @@ def _descends_from_us(pid: int) -> bool:
     return False
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def _leaked_processes() -> list[str]:
     found = []
     for p in glob.glob("/proc/[0-9]*/cmdline"):
@@ -86,7 +94,9 @@ def _leaked_processes() -> list[str]:
             continue
         cmd = b" ".join(argv).decode(errors="replace")
         pid = int(p.split("/")[2])
-        init = INIT_CMDLINE_MARK.decode() in cmd
+        # an outer init: started directly, or forked by the fork server (its cmdline, its child)
+        init = INIT_CMDLINE_MARK.decode() in cmd or (
+            ZYGOTE_CMDLINE_MARK.decode() in cmd and ZYGOTE_CMDLINE_MARK in _cmdline(_ppid(pid)))
         if f"sleep {MARK}" in cmd or (init and pid != os.getpid() and _descends_from_us(pid)):
             found.append(cmd)
     return found
