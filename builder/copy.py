@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
+from pybuild.builder.chmod import SymbolicMode, apply_chmod
 from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.cache.layers import LayerError, unpack_tar_stream
 from pybuild.cache.view import Entry, LayeredView
@@ -279,7 +280,7 @@ def copy_to_layer(
     image: LayeredView,
     layer_dir: Path,
     owner: tuple[int, int] = (0, 0),
-    chmod: int | None = None,
+    chmod: int | SymbolicMode | None = None,
     extract_archives: bool = False,
     exclude: DockerIgnore | None = None,
     parents: bool = False,
@@ -473,7 +474,7 @@ def _make_parents(image: LayeredView, layer_dir: Path, parts: list[str],
             os.lchown(out, uid, gid)
 
 
-def _write_entry(entry: Entry, out: Path, owner: tuple[int, int], chmod: int | None,
+def _write_entry(entry: Entry, out: Path, owner: tuple[int, int], chmod: int | SymbolicMode | None,
                  dir_times: list[tuple[Path, os.stat_result]]) -> None:
     st = entry.st
     mode = stat.S_IMODE(st.st_mode)
@@ -484,11 +485,9 @@ def _write_entry(entry: Entry, out: Path, owner: tuple[int, int], chmod: int | N
             out.unlink()
     if stat.S_ISDIR(st.st_mode):
         out.mkdir(exist_ok=True)
-        os.chmod(out, chmod if chmod is not None else mode)
         dir_times.append((out, st))
     elif stat.S_ISREG(st.st_mode):
         shutil.copyfile(entry.real, out, follow_symlinks=False)
-        os.chmod(out, chmod if chmod is not None else mode)
     elif stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(entry.real), out)
     elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -496,5 +495,8 @@ def _write_entry(entry: Entry, out: Path, owner: tuple[int, int], chmod: int | N
     else:
         return  # sockets are not copied, as docker does
     os.lchown(out, *owner)
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+        # after the chown, which clears set-user/group-ID bits
+        os.chmod(out, apply_chmod(chmod, mode, stat.S_ISDIR(st.st_mode)))
     if not stat.S_ISDIR(st.st_mode):
         os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

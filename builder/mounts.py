@@ -855,8 +855,22 @@ def _private_dir(fallback: Path) -> Path:
 
 
 
-def mount_location(ins, text: str) -> str:
+def mount_location(ins, text: str, option: str | None = None) -> str:
     """"FILE:LINE:COL" of the `--mount` value `text` in instruction `ins` (an ast.Run), also on a
-    continuation line; the instruction's start when it has no such flag."""
+    continuation line; with `option` (e.g. "from"), of that `option=` field in it when it is
+    written there; the instruction's start when it has no such flag."""
     line, col = ins.flag_position("mount", text)
+    if option is not None:
+        found = None
+        for i, (key, val) in enumerate(ins.flags):
+            if key == "mount" and val == text and i < len(ins.span.flag_words):
+                found = ins.span.flag_words[i]
+        if found is not None:
+            word, offset = found
+            start = word.find("=") + 1
+            value = word[start:]
+            for j in range(len(value)):
+                if (j == 0 or value[j - 1] == ",") and value[j:].lstrip('"').lower().startswith(option + "="):
+                    line, col = ins.span.position(offset + start + j)
+                    break
     return f"{ins.span.file}:{line}:{col}"

@@ -191,7 +191,8 @@ def plan(dockerfile: ast.Dockerfile, build_args: Mapping[str, str], target: str 
                     later = bool(src) and any((s.name or "").lower() == src.lower() for s in stages[stage.index:])
                     if src and idx is None and (later or (src.isdigit() and int(src) < len(stages))):
                         raise BuildError(f"RUN --mount from={src} names this stage or a later one; "
-                                         "it can only read stages defined before it", mount_location(ins, text))
+                                         "it can only read stages defined before it",
+                                         mount_location(ins, text, "from"))
                     if idx is not None:
                         copy_from.append(idx)
         plans.append(StagePlan(stage=stage, label=stage.name or str(stage.index),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy as _copy
 import dataclasses
+import errno
 import functools
 import hashlib
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 
 from pybuild.builder import copy as copyop
+from pybuild.builder.chmod import ChmodError, SymbolicMode, parse_chmod
 from pybuild.builder import fetch
 from pybuild.builder import mounts as mountsop
 from pybuild.builder.context import ContextView
@@ -182,7 +184,8 @@ class Solver:
                     f.result()
                 # Warn only now: a base image's ONBUILD triggers may declare ARGs too.
                 for name in build_plan.unused_build_args:
-                    if name not in self._trigger_args:
+                    # BUILDKIT_* build args are the builder's own switches (as BuildKit, no warning)
+                    if name not in self._trigger_args and not name.startswith("BUILDKIT_"):
                         self.reporter.warning(f"build argument {name!r} was given but no ARG in the built "
                                               "stages uses it")
             except BaseException:
@@ -641,7 +644,8 @@ class Solver:
                                  f"(--ssh {spec.id})", where)
             if spec.type == "bind" or (spec.type == "cache" and spec.from_):
                 if spec.from_:
-                    view, src_key, what = self._mount_from(spec.from_, sp, results, where)
+                    view, src_key, what = self._mount_from(spec.from_, sp, results,
+                                                           mountsop.mount_location(ins, text, "from"))
                 else:
                     view, src_key, what = self.context_view, "context", "build context"
                 key["from"] = src_key
@@ -896,17 +900,18 @@ class Solver:
                               [staged[s][0]] if s in staged else
                               copyop.match_sources(src_view, [s], what, parents=parents))
             except (copyop.CopyError, OSError) as exc:
-                raise BuildError(f"{ins.keyword} failed: {exc}", word_location(ins, s)) from None
+                raise BuildError(f"{ins.keyword} failed: {_copy_failure(exc, what)}", word_location(ins, s)) from None
         try:
             matched = [m for p in picked if not callable(p) for m in p]
             manifest = copyop.content_manifest(src_view, matched, exclude)
             manifest += [(s, s, staged[s][1]) for s, p in zip(sources, picked) if callable(p)]
         except (copyop.CopyError, OSError) as exc:
-            raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
+            raise BuildError(f"{ins.keyword} failed: {_copy_failure(exc, what)}", location(ins)) from None
         owner = self._owner(ins.chown, state, env, ins) if ins.chown else (0, 0)
-        chmod = self._chmod(ins.chmod, ins) if ins.chmod else None
+        chmod = self._chmod(ins.chmod, env, ins) if ins.chmod else None
         definition = {"op": "ADD" if is_add else "COPY", "from": src_key, "sources": sources,
-                      "content": copyop.content_digest(manifest), "dest": dest, "owner": list(owner), "chmod": chmod}
+                      "content": copyop.content_digest(manifest), "dest": dest, "owner": list(owner),
+                      "chmod": chmod.spec if isinstance(chmod, SymbolicMode) else chmod}
         # Only present when used, so keys of steps without these flags stay what they were.
         if parents:
             definition["parents"] = True
@@ -929,7 +934,7 @@ class Solver:
                     extract_archives=is_add and _bool_flag(ins, "unpack", True), exclude=exclude,
                     parents=parents, cancelled=self.cancelled.is_set))
             except (copyop.CopyError, OSError) as exc:
-                raise BuildError(f"{ins.keyword} failed: {exc}", location(ins)) from None
+                raise BuildError(f"{ins.keyword} failed: {_copy_failure(exc, what)}", location(ins)) from None
 
         return Prepared(definition, execute, _one_line(ins.original), files)
 
@@ -972,15 +977,14 @@ class Solver:
             gid = uid if user.isdigit() else (_lookup_id(view, "/etc/passwd", user, 3) or 0)
         return uid, gid
 
-    def _chmod(self, spec: str, ins) -> int:
+    def _chmod(self, spec: str, env, ins) -> int | SymbolicMode:
+        """--chmod's value, variables expanded as BuildKit does: an octal mode or a symbolic one."""
+        value = self._expand(spec, env, ins)
         try:
-            mode = int(spec, 8)
-        except ValueError:
-            raise BuildError(f"--chmod={spec}: expected an octal mode such as 0755",
-                             flag_location(ins, "chmod")) from None
-        if not 0 <= mode <= 0o7777:
-            raise BuildError(f"--chmod={spec}: mode out of range", flag_location(ins, "chmod"))
-        return mode
+            return parse_chmod(value)
+        except ChmodError as exc:
+            shown = spec if value == spec else f"{spec} ({value!r})"
+            raise BuildError(f"--chmod={shown}: {exc}", flag_location(ins, "chmod")) from None
 
     def _layer_from(self, fill) -> LayerBlob | None:
         """Run `fill(dir)` on a fresh dir, turn the dir into a layer, keep it as that layer's snapshot."""
@@ -1007,6 +1011,16 @@ def _bool_flag(ins, name: str, default: bool) -> bool:
     if value.lower() in ("false", "0"):
         return False
     raise BuildError(f"{ins.keyword} --{name}={value}: expected true or false", flag_location(ins, name))
+
+
+def _copy_failure(exc: Exception, what: str) -> str:
+    """A COPY/ADD failure in words: a symlink loop (ELOOP) named as such, not as "[Errno 40]"."""
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        text = exc.strerror or ""
+        path = text.split(": ", 1)[1] if ": " in text else (exc.filename or "?")
+        return (f"{path!r} is a symlink loop in the {what}: its links lead back to themselves "
+                "and never reach a file (too many levels of symbolic links)")
+    return str(exc)
 
 
 def _word_or_flag_location(ins, word: str) -> str:

@@ -198,6 +198,9 @@ def unpack_context_tar(archive: Path, dest: Path) -> bool:
         return False
     try:
         with tarsafe.open(archive, "r:*") as tar:
+            for m in tar.getmembers():  # tarsafe would refuse it as "returns true for isblk() or ischr()"
+                if m.isblk() or m.ischr():
+                    raise NotUsableTar(f"it holds a device file ({m.name!r}), which a build context may not")
             tar.extractall(dest)
     except (tarfile.TarError, tarsafe.TarSafeException, OSError, EOFError) as exc:
         raise NotUsableTar(str(exc)) from None

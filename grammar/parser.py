@@ -323,7 +323,8 @@ def _words(rest: str, escape: str) -> list[str]:
     return _RE_QUOTED_WORD.findall(rest)
 
 
-def _name_vals(rest: str, kw: str, ctx: _Ctx, kw_off: int, escape: str) -> tuple[tuple[str, str], ...]:
+def _name_vals(rest: str, kw: str, ctx: _Ctx, kw_off: int, escape: str,
+               rest_off: int | None = None) -> tuple[tuple[str, str], ...]:
     words = _words(rest, escape)
     if not words:
         raise ctx.error(kw_off, f"{kw} requires at least one argument")
@@ -334,9 +335,14 @@ def _name_vals(rest: str, kw: str, ctx: _Ctx, kw_off: int, escape: str) -> tuple
         pairs = [(parts[0], parts[1])]
     else:
         pairs = []
+        at = 0  # where the next word is looked for in ``rest``: errors point at the word itself
         for word in words:
+            found = rest.find(word, at)
+            if found >= 0:
+                at = found + len(word)
             if "=" not in word:
-                raise ctx.error(kw_off, f"Syntax error - can't find = in {word!r}. Must be of the form: name=value")
+                where = rest_off + found if rest_off is not None and found >= 0 else kw_off
+                raise ctx.error(where, f"Syntax error - can't find = in {word!r}. Must be of the form: name=value")
             key, value = word.split("=", 1)
             pairs.append((key, value))
     for key, _ in pairs:
@@ -472,7 +478,7 @@ def _instruction(text: str, base: int, ctx: _Ctx) -> A.Instruction:
                    sources=tuple(args[:-1]), dest=args[-1], heredocs=docs, json_form=is_json)
 
     if kw in ("ENV", "LABEL"):
-        pairs = _name_vals(rest, kw, ctx, kw_off, ctx.reader.escape)
+        pairs = _name_vals(rest, kw, ctx, kw_off, ctx.reader.escape, rest_off)
         return cls(span=span, original=original, flags=flags, pairs=pairs)  # type: ignore[call-arg]
 
     field = _SINGLE_WORD_FIELD.get(kw)

@@ -303,7 +303,7 @@ def dockerfile_excerpt(text: str, name: str, location: str | None, context: int 
         return None
     line = int(nums[0])
     col = int(nums[1]) if len(nums) == 2 else None
-    lines = text.splitlines()
+    lines = text.removeprefix("\ufeff").splitlines()  # a UTF-8 byte order mark is not shown
     if not 1 <= line <= len(lines):
         return None
 

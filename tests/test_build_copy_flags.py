@@ -186,3 +186,89 @@ def test_bad_flags_name_the_line(cli, tmp_path, dockerfile, message):
     res = cli("build", str(ctx))
     assert res.code == 1
     assert re.search(message, res.stderr), res.stderr
+
+
+def _mode(p: Path) -> int:
+    return os.lstat(p).st_mode & 0o7777
+
+
+def test_chmod_expands_variables(cli, tmp_path):
+    """`ARG M=0700` then `COPY --chmod=$M`: BuildKit expands the flag value (was refused as
+    not octal)."""
+    ctx = _context(tmp_path, {"a": "a"}, "FROM scratch\nARG M=0700\nENV N=640\n"
+                   "COPY --chmod=$M a /b\nADD --chmod=${N} a /c\n")
+    out = _build(cli, ctx, tmp_path)
+    assert (_mode(out / "b"), _mode(out / "c")) == (0o700, 0o640)
+
+
+def test_chmod_symbolic_modes_apply_to_each_file(cli, tmp_path):
+    """chmod(1)-style modes (dockerfile frontend 1.14+) change each copied entry's own mode;
+    X adds x only to directories and already-executable files."""
+    ctx = _context(tmp_path, {"a": "a", "d/plain": "p", "d/tool": "t", "d/sub/f": "f"},
+                   "FROM scratch\nCOPY --chmod=u+x,go-w a /ux\nCOPY --chmod=a=rX d /rx/\n"
+                   "COPY --chmod=g=u,o= a /gu\nCOPY --chmod=+t,u+s d/sub /st/\n")
+    os.chmod(ctx / "a", 0o664)
+    os.chmod(ctx / "d" / "plain", 0o644)
+    os.chmod(ctx / "d" / "tool", 0o700)
+    os.chmod(ctx / "d" / "sub", 0o750)
+    os.chmod(ctx / "d" / "sub" / "f", 0o600)
+    out = _build(cli, ctx, tmp_path)
+    assert _mode(out / "ux") == 0o744
+    assert (_mode(out / "rx" / "plain"), _mode(out / "rx" / "tool"), _mode(out / "rx" / "sub"),
+            _mode(out / "rx" / "sub" / "f")) == (0o444, 0o555, 0o555, 0o444)
+    assert _mode(out / "gu") == 0o660
+    assert _mode(out / "st" / "f") == 0o600 | 0o1000 | 0o4000
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("0o755", "--chmod=0o755: expected an octal mode"),  # Go's ParseUint(s, 8) has no 0o prefix
+    ("0_755", "--chmod=0_755: expected an octal mode"),
+    ("17777", "--chmod=17777: mode out of range"),
+    ("u+q", "--chmod=u+q: expected an octal mode such as 0755 or a symbolic one"),
+    ("$BAD", "--chmod=$BAD ('z+x'): expected an octal mode"),
+])
+def test_chmod_bad_values_are_refused(cli, tmp_path, flag, message):
+    ctx = _context(tmp_path, {"a": "a"}, f"FROM scratch\nARG BAD=z+x\nCOPY --chmod={flag} a /b\n")
+    res = cli("build", str(ctx))
+    assert res.code == 1
+    assert f"Dockerfile:3:14: {message}" in res.stderr, res.stderr
+
+
+def test_symlink_loop_in_the_context_is_named_as_such(cli, tmp_path):
+    """COPY of a symlink that points at itself: "a symlink loop", not "[Errno 40] ..."."""
+    ctx = _context(tmp_path, {}, "FROM scratch\nCOPY pw /x\n")
+    os.symlink("pw", ctx / "pw")
+    res = cli("build", str(ctx))
+    assert res.code == 1
+    assert "Dockerfile:2:6: COPY failed: 'pw' is a symlink loop in the build context" in res.stderr, res.stderr
+    assert "Errno" not in res.stderr
+
+
+@pytest.mark.parametrize("spec, mode, is_dir, expected", [
+    ("u+x", 0o644, False, 0o744),
+    ("go-w", 0o666, False, 0o644),
+    ("a=rX", 0o640, False, 0o444),       # X: no x for a plain file
+    ("a=rX", 0o700, False, 0o555),       # ... but for one already executable
+    ("a=rX", 0o700, True, 0o555),        # ... and for a directory
+    ("+X", 0o600, False, 0o600),
+    ("u=rwx,g=rx,o=", 0o777, False, 0o750),
+    ("g=u", 0o640, False, 0o660),        # copy the owner's bits to the group
+    ("o+s", 0o644, False, 0o644),        # s for "other" alone means nothing, as in chmod(1)
+    ("ug+s", 0o755, False, 0o6755),
+    ("+t", 0o755, True, 0o1755),
+    ("u+r-w+x", 0o200, False, 0o500),    # several actions in one clause
+    ("a-rwx", 0o7777, False, 0o7000),
+])
+def test_symbolic_chmod_semantics(spec, mode, is_dir, expected):
+    from pybuild.builder.chmod import apply_chmod, parse_chmod
+
+    assert oct(apply_chmod(parse_chmod(spec), mode, is_dir)) == oct(expected)
+
+
+@pytest.mark.parametrize("spec", ["0o755", "0x1ed", "+755", " 755", "0_755", "u", "u+rq", "k+x", "u+x,", ""])
+def test_chmod_values_go_refuses(spec):
+    """Octal as Go's strconv.ParseUint(s, 8, 32) takes it, symbolic as BSD setmode parses it."""
+    from pybuild.builder.chmod import ChmodError, parse_chmod
+
+    with pytest.raises(ChmodError):
+        parse_chmod(spec)

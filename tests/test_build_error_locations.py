@@ -19,6 +19,14 @@ CASES = [
     ("FROM scratch\nHEALTHCHECK --interval=5s --retries=x CMD true\n",
      "2:37: HEALTHCHECK --retries=x: expected a whole number"),
     ("FROM scratch\nCOPY --parents=maybe a /\n", "2:16: COPY --parents=maybe: expected true or false"),
+    # a bad word on a continuation line, an unknown stage in one option of a --mount value
+    ("FROM scratch\nENV A=1 \\\n    B=${X:?on continuation}\n",
+     "3:15: Syntax error - can't find = in 'continuation}'"),
+    ("FROM scratch\nLABEL a=1 b\n", "2:11: Syntax error - can't find = in 'b'"),
+    ("FROM scratch\nRUN --mount=type=bind,from=nope,target=/x true\n",
+     "2:23: RUN --mount from=nope: no stage or local image of that name"),
+    ("FROM scratch\nRUN --network=none \\\n  --mount=target=/x,from=later true\nFROM scratch AS later\n",
+     "3:21: RUN --mount from=later names this stage or a later one"),
     # undefined ARGs, invalid values, missing sources
     ("ARG BASE\nFROM ${BASE}\n", "2:6: FROM names an empty image (an unset ARG?)"),
     ("FROM ${BASE:?needed}\n", "1:6: failed to process '${BASE:?needed}': BASE: needed"),

@@ -116,3 +116,23 @@ def test_platform_linux_amd64_and_jobs_1_build(cli, tmp_path):
         "FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n")
     cli("build", "--platform", "linux/amd64", "-j", "1", "-t", "j1", str(tmp_path), check=True)
     assert cli("run", "j1", "cat", "/a", "/b", check=True).stdout == "a\nb\n"
+
+
+def test_context_tar_with_a_device_file_says_so(cli, tmp_path):
+    """A context tar holding a character device: the error says what is wrong (was tarsafe's
+    "tarfile returns true for isblk() or ischr()")."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        df = b"FROM busybox\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(df)
+        tar.addfile(info, io.BytesIO(df))
+        dev = tarfile.TarInfo("dev/null")
+        dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 3
+        tar.addfile(dev)
+    (tmp_path / "dev.tar").write_bytes(buf.getvalue())
+    with open(tmp_path / "dev.tar", "rb") as stdin:
+        res = cli("build", "-t", "devtar", "-", stdin=stdin)
+    assert res.code == 2
+    assert "not a usable tar: it holds a device file ('dev/null'), which a build context may not" in res.stderr
+    assert "isblk" not in res.stderr

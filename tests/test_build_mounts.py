@@ -384,7 +384,7 @@ def test_mount_errors_name_line_and_column_and_tag_nothing(cli, tmp_path):
         ("RUN --mount=type=cache true\n", "Dockerfile:2:13", "needs a target"),
         ("RUN --mount=type=secret,id=missing,required true\n", "Dockerfile:2:13",
          "secret 'missing' is required but was not given"),
-        ("RUN --mount=type=bind,from=nosuchstage,target=/x true\n", "Dockerfile:2:13",
+        ("RUN --mount=type=bind,from=nosuchstage,target=/x true\n", "Dockerfile:2:23",
          "from=nosuchstage: no stage or local image of that name"),
         ("RUN --mount=type=bind,source=absent,target=/x true\n", "Dockerfile:2:13", "absent"),
         ("RUN --mount=type=ssh,required true\n", "Dockerfile:2:13", "ssh agent 'default' is required"),

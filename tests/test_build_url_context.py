@@ -477,3 +477,11 @@ def test_redact_removes_passwords_holding_url_delimiters(url, shown):
 def test_a_malformed_url_never_echoes_its_password(cli):
     res = cli("build", "https://alice:pa/ssW0rd@127.0.0.1:1/r.git")
     assert res.code in (1, 2) and "ssW0rd" not in res.stderr and "pa" not in res.stderr.split("127.0.0.1")[0], res.stderr
+
+
+def test_buildkit_build_args_are_no_unused_arg_warning(cli, app_repo):
+    _, bare, _, _ = app_repo
+    res = cli("build", "--progress=plain", "--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1",
+              "--build-arg", "UNUSED=1", "-t", "kg:1", f"file://{bare}#v2:app", check=True)
+    assert "'UNUSED' was given but no ARG" in res.stderr
+    assert "BUILDKIT_CONTEXT_KEEP_GIT_DIR" not in res.stderr, res.stderr

@@ -250,3 +250,15 @@ def test_import_change_workdir_is_relative_to_the_last_and_port_ranges_expand(cl
     cfg = json.loads(cli("inspect", "imp:2", check=True).stdout)[0]["Config"]
     assert cfg["WorkingDir"] == "/tmp/sub"
     assert cfg["ExposedPorts"] == {"8000/tcp": {}, "8001/tcp": {}, "8002/tcp": {}}
+
+
+def test_prune_prompt_at_end_of_input_says_nothing_was_removed(tmp_path):
+    """`pybuild prune` (no -f) with stdin closed: the prompt's line is ended and the command says
+    no answer came and nothing was removed, exit 0 as docker's prompt (was: no newline, no word)."""
+    res = PybuildCLI(tmp_path / "store")("prune", input="")
+    assert res.code == 0, res.output
+    assert res.stdout.endswith("Are you sure you want to continue? [y/N] \n"), res.stdout
+    assert "no answer: nothing removed" in res.stderr
+    assert not (tmp_path / "store").exists()
+    res = PybuildCLI(tmp_path / "store")("prune", input="n\n")
+    assert res.code == 0 and "no answer" not in res.stderr

@@ -348,7 +348,7 @@ ERROR_CASES = [
     ("FROM a\nCOPY onlyone\n", 2, 1, "COPY requires at least two arguments (sources and a destination)"),
     ("FROM a\nENV\n", 2, 1, "ENV requires at least one argument"),
     ("FROM a\nENV A\n", 2, 1, "ENV must have two arguments"),
-    ("FROM a\nENV A=1 B\n", 2, 1, "Syntax error - can't find = in 'B'. Must be of the form: name=value"),
+    ("FROM a\nENV A=1 B\n", 2, 9, "Syntax error - can't find = in 'B'. Must be of the form: name=value"),
     ("FROM a\nENV =1\n", 2, 1, "ENV names can not be blank"),
     ("FROM a\nARG\n", 2, 1, "ARG requires at least one argument"),
     ("FROM a\nARG =x\n", 2, 1, "ARG names can not be blank"),

@@ -294,10 +294,57 @@ def test_cli_check_reads_base_image_env_from_the_store(cli, tmp_path):
     r = cli("check", str(ctx))
     assert r.code == 0, r.output
     undefined = [line for line in r.stdout.splitlines() if "UndefinedVar" in line]
-    assert undefined == [f"{ctx / 'Dockerfile'}:5:1: UndefinedVar: Usage of undefined variable '$NOPE'"]
+    assert undefined == [f"{ctx / 'Dockerfile'}:5:6: UndefinedVar: Usage of undefined variable '$NOPE'"]
     # the same file against an empty state directory: the base image's ENV is unknown (PATH assumed)
     empty = tmp_path / "empty-root"
     r = cli("--root", str(empty), "check", str(ctx))
     assert r.code == 0, r.output
     assert sum("UndefinedVar" in line for line in r.stdout.splitlines()) == 3
     assert not empty.exists()  # check does not create a state directory
+
+
+def test_undefined_var_points_at_the_variable_on_its_continuation_line():
+    """A variable on line 3 of a continued instruction is reported at line 3 (was 2:1)."""
+    ws = [w for w in run_lint("FROM alpine\nENV A=1 \\\n    B=${NOPE}\nCOPY --chown=$U \\\n  a $SRC /d/\n")
+          if w.rule == "UndefinedVar"]
+    assert [(w.span.start_line, w.span.start_col, w.message) for w in ws] == [
+        (3, 7, "Usage of undefined variable '$NOPE'"),
+        (4, 14, "Usage of undefined variable '$U'"),
+        (5, 5, "Usage of undefined variable '$SRC'")]
+
+
+def test_cli_unknown_copy_from_fails_as_the_build_would(tmp_path):
+    """COPY --from=nosuch names no stage and no local image: the build fails on it, so check does
+    (it said "no warnings"); RUN --mount from= likewise, and an earlier stage is fine."""
+    root = tmp_path / "root"
+    df = tmp_path / "Dockerfile"
+    df.write_text("FROM alpine AS base\nCOPY --from=nosuch /a /b\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "pybuild", "--root", str(root), "check", str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"ERROR: {df}:2:13: COPY --from=nosuch: no stage or local image of that name" in r.stderr
+    assert "no warnings" not in r.stdout
+    df.write_text("FROM alpine AS base\nRUN --mount=type=bind,from=gone,target=/x true\n")
+    r = subprocess.run([sys.executable, "-m", "pybuild", "--root", str(root), "check", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"ERROR: {df}:2:23: RUN --mount from=gone: no stage or local image of that name" in r.stderr
+    df.write_text("FROM alpine AS base\nFROM alpine\nCOPY --from=base /a /b\n")
+    r = subprocess.run([sys.executable, "-m", "pybuild", "--root", str(root), "check", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "Check complete, no warnings found."
+    assert not root.exists()  # check does not create a state directory
+
+
+def test_cli_check_only_fails_on_sources_the_build_reads(tmp_path):
+    """An unknown COPY --from in a stage the default target does not need does not fail the
+    build, so check does not fail on it; RUN --security=insecure needs no --allow to be checked."""
+    root = tmp_path / "root"
+    (tmp_path / "Dockerfile").write_text("FROM alpine AS unused\nCOPY --from=nosuch /a /b\n"
+                                         "FROM alpine\nRUN --security=insecure [\"true\"]\n")
+    r = subprocess.run([sys.executable, "-m", "pybuild", "--root", str(root), "check", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "ERROR" not in r.stderr

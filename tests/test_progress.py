@@ -564,3 +564,13 @@ def test_dockerfile_excerpt_caret_points_at_the_column():
         "--------------------")
     lines = dockerfile_excerpt("FROM busybox AS b\n", "Dockerfile", "Dockerfile:1:6").splitlines()
     assert lines[2:4] == [" 1 | >>> FROM busybox AS b", "   |          ^"]
+
+
+def test_dockerfile_excerpt_does_not_show_a_byte_order_mark():
+    """A Dockerfile saved with a UTF-8 BOM: the excerpt's line 1 is the text, not "\\ufeffFROM"."""
+    from pybuild.progress import dockerfile_excerpt
+
+    text = "\ufeffFROM busybox\nRUN --bad x\n"
+    out = dockerfile_excerpt(text, "Dockerfile", "Dockerfile:1:6")
+    assert "\ufeff" not in out
+    assert out.splitlines()[2:4] == [" 1 | >>> FROM busybox", "   |          ^"]

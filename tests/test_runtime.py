@@ -440,3 +440,16 @@ def test_foreground_output_goes_to_the_caller_and_the_log(rt):
     assert (res.code, res.stdout, res.stderr) == (2, "out\n", "err\n")
     logs = rt("logs", "fg", check=True)
     assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
+
+
+def test_ps_command_column_quotes_as_docker():
+    """docker ps shows `"sh -c 'exit 3'"` (an argument with a blank in single quotes, the whole
+    strconv.Quote'd), cut to 19 characters and "…" unless --no-trunc (was `"sh -c "exit 3""`)."""
+    from pybuild.commands.ps import command_text
+
+    assert command_text(["sh", "-c", "exit 3"], True) == "\"sh -c 'exit 3'\""
+    assert command_text(["sh", "-c", "echo hello; sleep 100"], True) == "\"sh -c 'echo hello; …\""
+    assert command_text(["sh", "-c", "echo hello; sleep 100"], False) == "\"sh -c 'echo hello; sleep 100'\""
+    assert command_text(["echo", 'say "hi"'], True) == '"echo \'say \\"hi\\"\'"'
+    assert command_text(["top"], True) == '"top"'
+    assert command_text([], True) == '""'

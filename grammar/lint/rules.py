@@ -346,7 +346,7 @@ def undefined_var(ctx: Context) -> Iterator[Finding]:
                     reported.add(name)
                     hint = suggest(name, env.keys())
                     msg = f"Usage of undefined variable '${name}'"
-                    yield ins.span, msg + (f" (did you mean ${hint}?)" if hint else "")
+                    yield _var_span(ins, word, name), msg + (f" (did you mean ${hint}?)" if hint else "")
             if isinstance(ins, A.Env):
                 new = {k: _expand_quiet(v, env, ctx.escape) for k, v in ins.pairs}
                 env.update(new)
@@ -362,6 +362,35 @@ def undefined_var(ctx: Context) -> Iterator[Finding]:
                         env[key] = ""  # declared without a value: defined (empty) for the linter
             known = known | env.keys()
         scopes[st.index] = env
+
+
+def _var_span(ins: A.Instruction, word: str, name: str) -> A.SourceSpan:
+    """``ins``'s span starting where the variable ``name`` is used in ``word`` (a flag value or an
+    argument as written), also on a continuation line; the instruction's span if not found."""
+    import dataclasses
+
+    text = ins.original
+    offset = None
+    for (key, value), (raw, at) in zip(ins.flags, ins.span.flag_words):
+        if value == word:
+            offset = at + raw.find("=") + 1
+    if offset is None and word:
+        i = text.find(word, ins.span.args_offset)
+        while i >= 0:
+            if (i == 0 or text[i - 1] in A._WORD_BEFORE) and \
+                    (i + len(word) == len(text) or text[i + len(word)] in A._WORD_AFTER):
+                offset = i
+                break
+            i = text.find(word, i + 1)
+    if offset is None:
+        return ins.span
+    for ref in ("${" + name, "$" + name):
+        j = word.find(ref)
+        if j >= 0:
+            offset += j
+            break
+    line, col = ins.span.position(offset)
+    return dataclasses.replace(ins.span, start_line=line, start_col=col)
 
 
 def _expanded_words(ins: A.Instruction) -> list[str]:

@@ -62,6 +62,10 @@ def run(args, store_factory) -> int:
 
     for w in warnings:
         print(w.format())
+    error = _build_error(args, dockerfile, build_args, store_factory)
+    if error is not None:  # what the build would fail on before running a step (BuildKit's check fails too)
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
     if not warnings:
         print("Check complete, no warnings found.")
         return 0
@@ -72,6 +76,68 @@ def run(args, store_factory) -> int:
         print(f"ERROR: lint violation found for rules: {rules}", file=sys.stderr)
         return 1
     return 0
+
+
+def _build_error(args, dockerfile, build_args: dict[str, str], store_factory):
+    """The BuildError the build would stop on before running anything: the build plan's (a stage
+    read before it is defined, an empty FROM, ...), or a `COPY --from` / `RUN --mount from=`
+    naming neither an earlier stage nor an image in the local store (the build does not pull
+    those). None when there is none."""
+    from pybuild.builder.mounts import MountSpecError, mount_location, parse_mount
+    from pybuild.builder.plan import flag_location, plan, stage_index
+    from pybuild.errors import BuildError
+    from pybuild.grammar import ast
+
+    try:  # entitlements are the build's options, not the Dockerfile's: none is missing here
+        built = plan(dockerfile, build_args, allow=frozenset({"security.insecure"}))
+    except BuildError as exc:
+        return exc
+    refs = []  # (name, error) of each source that is not an earlier stage, in the stages built
+    for stage in (p.stage for p in built.stages):
+        for ins in stage.instructions:
+            if isinstance(ins, ast.Copy) and ins.from_stage:
+                if stage_index(ins.from_stage, dockerfile.stages, stage.index) is None:
+                    refs.append((ins.from_stage, BuildError(
+                        f"COPY --from={ins.from_stage}: no stage or local image of that name",
+                        flag_location(ins, "from"))))
+            elif isinstance(ins, ast.Run):
+                for text in ins.mounts:
+                    try:
+                        src = parse_mount(text).from_
+                    except MountSpecError:
+                        continue  # plan() reported it
+                    if src and "$" not in src and stage_index(src, dockerfile.stages, stage.index) is None:
+                        refs.append((src, BuildError(f"RUN --mount from={src}: no stage or local image of that name",
+                                                     mount_location(ins, text, "from"))))
+    if not refs:
+        return None
+    store = _open_store(args, store_factory)
+    for name, error in refs:
+        if store is None:
+            return error
+        try:
+            store.images.image(name)
+        except Exception:  # not here, a bad reference, or an unreadable entry: the build fails on it
+            return error
+    return None
+
+
+def _open_store(args, store_factory):
+    """The local store, or None when the state directory holds none (opening one would create it)."""
+    import os
+    from pathlib import Path
+
+    if getattr(args, "root", None):
+        root = Path(args.root)
+    elif os.environ.get("PYBUILD_ROOT"):
+        root = Path(os.environ["PYBUILD_ROOT"]).expanduser()
+    else:
+        from pybuild.store import default_root
+
+        root = default_root()
+    if not (root / "index.json").is_file():
+        return None
+    return store_factory()
 
 
 def _base_image_env(args, dockerfile, build_args: dict[str, str], store_factory) -> dict[str, dict[str, str]]:

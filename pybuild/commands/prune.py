@@ -99,7 +99,12 @@ def run(args, store_factory) -> int:
         what = "all build cache" if args.all else "build cache not used by any image"
         print(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ",
               end="", flush=True)
-        answer = sys.stdin.readline().strip().lower()
+        line = sys.stdin.readline()
+        if not line:  # end of input (stdin closed): end the prompt's line, say nothing was done;
+            print(flush=True)  # exit 0 as docker's prompt does (no answer is "no")
+            print("no answer: nothing removed (use -f to prune without asking)", file=sys.stderr)
+            return 0
+        answer = line.strip().lower()
         if answer not in ("y", "yes"):
             return 0
     store = store_factory()

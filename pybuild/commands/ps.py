@@ -28,8 +28,6 @@ def status_text(state: dict) -> str:
 
 
 def run(args, store_factory) -> int:
-    import json
-
     from pybuild.commands._format import ago, table
     from pybuild.commands.run import open_runtime
 
@@ -39,10 +37,8 @@ def run(args, store_factory) -> int:
         st = c.state()
         if not args.all and st.get("Status") != "running":
             continue
-        cmd = " ".join(json.dumps(a) if " " in a else a for a in c.config.get("Args") or [])
-        if not args.no_trunc and len(cmd) > 20:
-            cmd = cmd[:19] + "…"
-        rows.append((c.id if args.no_trunc else c.id[:12], c.config.get("Image", ""), f'"{cmd}"',
+        cmd = command_text(c.config.get("Args") or [], not args.no_trunc)
+        rows.append((c.id if args.no_trunc else c.id[:12], c.config.get("Image", ""), cmd,
                      ago(c.config.get("Created")), status_text(st), ", ".join(c.config.get("Ports") or []),
                      c.name))
     if args.quiet:
@@ -51,3 +47,15 @@ def run(args, store_factory) -> int:
         return 0
     print(table([("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"), *rows]))
     return 0
+
+
+def command_text(argv: list[str], trunc: bool) -> str:
+    """docker ps's COMMAND: the daemon joins the path and its arguments, wrapping an argument that
+    holds a blank in single quotes (`sh -c 'exit 3'`); the client cuts that to 20 characters
+    (19 and "…") unless --no-trunc, then quotes it as Go's strconv.Quote does."""
+    import json
+
+    cmd = " ".join(argv[:1] + [f"'{a}'" if " " in a else a for a in argv[1:]])
+    if trunc and len(cmd) > 20:
+        cmd = cmd[:19] + "…"
+    return json.dumps(cmd, ensure_ascii=False)
