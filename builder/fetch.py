@@ -55,6 +55,31 @@ def is_http_source(src: str) -> bool:
     return src.startswith(("http://", "https://"))
 
 
+_URL_TOKEN = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s'\"]*)")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it removed: all user info of an http(s) URL
+    (a token is often the user name), the password of any other (`ssh://git@host` keeps `git`).
+
+    The user info ends at the URL's *last* `@`, so a password holding `@ / # ?` is removed
+    whole; when in doubt (an `@` in a path after `host:port`, or in a fragment) more is
+    removed, never less."""
+    def strip(m: re.Match) -> str:
+        scheme, rest = m["scheme"], m["rest"]
+        at = rest.rfind("@")
+        if at == -1:
+            return m[0]
+        userinfo = rest[:at]
+        if "/" in userinfo and ":" not in userinfo.split("/", 1)[0]:
+            return m[0]  # `host/path@x`: an @ in the path, no user info
+        user = userinfo.split(":", 1)[0]
+        if scheme.lower() in ("http://", "https://") or "/" in user or "#" in user or "?" in user:
+            return scheme + rest[at + 1:]
+        return f"{scheme}{user}@{rest[at + 1:]}"
+    return _URL_TOKEN.sub(strip, text)
+
+
 def is_git_source(src: str) -> bool:
     """BuildKit's rule of thumb: git@ / git:// / ssh:// addresses, and http(s) URLs whose
     path ends in `.git` (a `#ref:subdir` fragment allowed)."""
@@ -71,7 +96,7 @@ def parse_git_ref(src: str) -> GitRef:
     ref, _, subdir = fragment.partition(":")
     if ref.startswith("-") or any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in ref):
         # a ref reaches git's command line: "--upload-pack=..." would be an option, run on the host
-        raise FetchError(f"{_shown(remote)}: {ref!r} is not a branch, tag or commit name")
+        raise FetchError(f"{redact(remote)}: {ref!r} is not a branch, tag or commit name")
     subdir = subdir.strip("/") or None
     if subdir is not None and ".." in subdir.split("/"):
         raise FetchError(f"{src}: subdirectory {subdir!r} climbs out of the repository")
@@ -161,7 +186,7 @@ def resolve_commit(ref: GitRef) -> str | None:
     _require_git()
     res = _git(Path("/"), "ls-remote", "origin", check=False, remote=ref.remote)
     if res.returncode != 0:
-        raise FetchError(f"{_shown(ref.remote)}: cannot fetch: {_last_line(res.stderr)}")
+        raise FetchError(f"{redact(ref.remote)}: cannot fetch: {_last_line(res.stderr)}")
     refs: dict[str, str] = {}
     for line in res.stdout.splitlines():
         sha, _, name = line.partition("\t")
@@ -173,7 +198,7 @@ def resolve_commit(ref: GitRef) -> str | None:
             return refs[name]
     if re.fullmatch(r"[0-9a-f]{4,39}", want):
         return None
-    raise FetchError(f"{_shown(ref.remote)}: no branch, tag or commit named {want!r}")
+    raise FetchError(f"{redact(ref.remote)}: no branch, tag or commit named {want!r}")
 
 
 def _require_git() -> None:
@@ -205,14 +230,14 @@ def checkout(ref: GitRef, dest_dir: Path, *, keep_git_dir: bool = False, checksu
         full = _git(repo, "fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*",
                     check=False, remote=ref.remote)
         if full.returncode != 0:
-            raise FetchError(f"{_shown(ref.remote)}: cannot fetch: {_last_line(full.stderr)}")
+            raise FetchError(f"{redact(ref.remote)}: cannot fetch: {_last_line(full.stderr)}")
         commit = _resolve_after_full_fetch(repo, ref)
     else:
         commit = _git(repo, "rev-parse", "FETCH_HEAD^{commit}").stdout.strip()
     if expect is not None and commit != expect:
-        raise FetchError(f"{_shown(ref.remote)}: {want} moved from {expect} to {commit} during the build; build again")
+        raise FetchError(f"{redact(ref.remote)}: {want} moved from {expect} to {commit} during the build; build again")
     if checksum is not None and not commit.startswith(checksum):
-        raise FetchError(f"{_shown(ref.remote)}: checksum mismatch: expected commit {checksum}, {want} is {commit}")
+        raise FetchError(f"{redact(ref.remote)}: checksum mismatch: expected commit {checksum}, {want} is {commit}")
     _git(repo, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
     when = int(_git(repo, "show", "-s", "--format=%ct", commit).stdout.strip())
     tree = repo
@@ -222,12 +247,12 @@ def checkout(ref: GitRef, dest_dir: Path, *, keep_git_dir: bool = False, checksu
         real_repo, tree = os.path.realpath(repo), Path(os.path.realpath(repo / ref.subdir))
         inside = os.path.commonpath([real_repo, tree]) == real_repo and tree != Path(real_repo)
         if not inside or ".git" in tree.relative_to(real_repo).parts or tree.is_symlink() or not tree.is_dir():
-            raise FetchError(f"{_shown(ref.remote)}: {ref.subdir!r} is not a directory of the repository "
+            raise FetchError(f"{redact(ref.remote)}: {ref.subdir!r} is not a directory of the repository "
                              f"at commit {commit}")
     if not keep_git_dir:
         shutil.rmtree(repo / ".git")
     else:
-        _git(repo, "remote", "add", "origin", _shown(ref.remote))  # as BuildKit keeps it, minus credentials
+        _git(repo, "remote", "add", "origin", redact(ref.remote))  # as BuildKit keeps it, minus credentials
     out = dest_dir / "tree"
     os.rename(tree, out)
     if out != repo and repo.exists():
@@ -249,7 +274,7 @@ def _resolve_after_full_fetch(repo: Path, ref: GitRef) -> str:
         res = _git(repo, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
         if res.returncode == 0:
             return res.stdout.strip()
-    raise FetchError(f"{_shown(ref.remote)}: no branch, tag or commit named {ref.ref or 'HEAD'!r}")
+    raise FetchError(f"{redact(ref.remote)}: no branch, tag or commit named {ref.ref or 'HEAD'!r}")
 
 
 def _normalise_tree(root: Path, mtime: int) -> None:
@@ -268,12 +293,6 @@ def _normalise_tree(root: Path, mtime: int) -> None:
             os.utime(p, (mtime, mtime), follow_symlinks=False)
     os.chmod(root, 0o755)
     os.utime(root, (mtime, mtime))
-
-
-def _shown(remote: str) -> str:
-    from .url_context import redact
-
-    return redact(remote)
 
 
 def _git(repo: Path, *args: str, check: bool = True, remote: str | None = None) -> subprocess.CompletedProcess:
@@ -302,7 +321,7 @@ def _last_line(text: str) -> str:
     """The line of git's stderr that says why: its first `fatal:`/`error:` line, or, when that is
     the generic "Could not read from remote repository." (an ssh failure, whose stderr ends with
     advice), the transport's own line before it; else the last line."""
-    lines = [_shown(ln.strip()) for ln in text.strip().splitlines() if ln.strip()]
+    lines = [redact(ln.strip()) for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return "no error output"
     for i, line in enumerate(lines):

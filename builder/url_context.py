@@ -28,10 +28,11 @@ from urllib.parse import urlsplit
 
 from pybuild.errors import PybuildError, UsageError
 
+from .fetch import redact
+
 URL_PREFIXES = ("http://", "https://", "git://", "ssh://", "git@", "file://")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SCP_LIKE = re.compile(r"git@[^\s:/@]+:[^\s]+")
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/?#@]*)@")
 _TRUE = ("1", "t", "T", "true", "TRUE", "True")  # Go's strconv.ParseBool, which BuildKit uses
 
 
@@ -61,31 +62,6 @@ def is_git_context(url: str) -> bool:
 def keep_git_dir(build_args: dict[str, str]) -> bool:
     """BuildKit's `--build-arg BUILDKIT_CONTEXT_KEEP_GIT_DIR=1` keeps `.git` in a git context."""
     return build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in _TRUE
-
-
-_URL_TOKEN = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s'\"]*)")
-
-
-def redact(text: str) -> str:
-    """`text` with the credentials of every URL in it removed: all user info of an http(s) URL
-    (a token is often the user name), the password of any other (`ssh://git@host` keeps `git`).
-
-    The user info ends at the URL's *last* `@`, so a password holding `@ / # ?` is removed
-    whole; when in doubt (an `@` in a path after `host:port`, or in a fragment) more is
-    removed, never less."""
-    def strip(m: re.Match) -> str:
-        scheme, rest = m["scheme"], m["rest"]
-        at = rest.rfind("@")
-        if at == -1:
-            return m[0]
-        userinfo = rest[:at]
-        if "/" in userinfo and ":" not in userinfo.split("/", 1)[0]:
-            return m[0]  # `host/path@x`: an @ in the path, no user info
-        user = userinfo.split(":", 1)[0]
-        if scheme.lower() in ("http://", "https://") or "/" in user or "#" in user or "?" in user:
-            return scheme + rest[at + 1:]
-        return f"{scheme}{user}@{rest[at + 1:]}"
-    return _URL_TOKEN.sub(strip, text)
 
 
 def check_url(url: str) -> None:

@@ -779,20 +779,19 @@ def _changes(items: list[str]) -> dict:
     from pybuild.builder.solver import exposed_ports, is_stop_signal
     from pybuild.grammar import DockerfileError, ExpansionError, ast, expand_word, parse
 
+    def unsupported(item: str, keyword: str) -> UsageError:
+        return UsageError(f"--change {item!r}: {keyword} is not supported "
+                          "(use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME or WORKDIR)")
+
     if not items:
         return {}
-    for item in items:
-        if item.split(None, 1)[:1] and item.split(None, 1)[0].upper() == "FROM":
-            raise UsageError(f"--change {item!r}: FROM is not supported (use CMD, ENTRYPOINT, ENV, EXPOSE, "
-                             "LABEL, STOPSIGNAL, USER, VOLUME or WORKDIR)")
     try:
         # One line per --change after a FROM: line N of the text is --change number N-1.
         df = parse("FROM scratch\n" + "\n".join(items) + "\n", "--change")
     except DockerfileError as exc:
         raise UsageError(_change_error(str(exc), items)) from None
-    if len(df.stages) != 1:
-        raise UsageError("--change: FROM is not supported (use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, "
-                         "USER, VOLUME or WORKDIR)")
+    for stage in df.stages[1:]:  # a FROM among the changes starts a stage (and would drop the rest)
+        raise unsupported(stage.base.original.strip(), "FROM")
     out: dict = {}
     env: dict[str, str] = {}
     for ins in df.stages[0].instructions:
@@ -832,8 +831,7 @@ def _changes(items: list[str]) -> dict:
                 raise UsageError(f"--change {item!r}: STOPSIGNAL {x(ins.signal)}: not a signal name or number")
             out["StopSignal"] = x(ins.signal)
         else:
-            raise UsageError(f"--change {item!r}: {ins.keyword} is not supported "
-                             "(use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME or WORKDIR)")
+            raise unsupported(item, ins.keyword)
     return out
 
 

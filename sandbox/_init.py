@@ -1,5 +1,5 @@
 """Sandbox init: runs as ``python -I -S -c "...; import _init; _init.main(...)" <tmpdir>``
-(imported from its directory, so its cached byte code is used; see ``runner._INIT_CODE``).
+(imported from its directory, so its cached byte code is used; see ``runner._entry_args``).
 
 Stdlib only, so it can start without ``site`` and without importing the pybuild package.
 
@@ -450,7 +450,7 @@ class Ctl:
         self.fd = fd
 
     def send(self, **msg) -> None:
-        data = (to_json(msg) + "\n").encode("utf-8", "surrogatepass")
+        data = (to_json(msg) + "\n").encode()  # to_json escapes surrogates
         try:
             os.write(self.fd, data)  # < PIPE_BUF for all our messages: atomic
         except OSError:
@@ -1075,7 +1075,8 @@ def start(tmp: str, ctl_fd: int | None = None, parent_pid: int | None = None) ->
 # if fork failed), later ``struct "q"`` its wait status once reaped; then the socket is closed.
 
 ZYGOTE_REQ_FDS = 5
-_Q = struct.Struct("q")
+ZYGOTE_REPLY = struct.Struct("q")  # a pid (or -errno), then a wait status: runner reads the same
+FD_SIZE = struct.calcsize("i")  # one fd in an SCM_RIGHTS payload
 
 
 def zygote(argv: list[str]) -> int:
@@ -1097,7 +1098,6 @@ def zygote(argv: list[str]) -> int:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     open_ = True
-    fd_size = struct.calcsize("i")
     while open_ or children:
         for fd, _ev in poller.poll():
             if fd in watched:
@@ -1116,7 +1116,7 @@ def zygote(argv: list[str]) -> int:
                 os.close(fd)
                 _, st = os.waitpid(pid, 0)
                 try:
-                    reply.send(_Q.pack(st))
+                    reply.send(ZYGOTE_REPLY.pack(st))
                 except OSError:
                     pass  # the run was given up (its thread died); nothing to tell
                 reply.close()
@@ -1124,14 +1124,14 @@ def zygote(argv: list[str]) -> int:
             if fd != sock.fileno():
                 continue  # closed earlier in this round
             try:
-                data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(ZYGOTE_REQ_FDS * fd_size))
+                data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(ZYGOTE_REQ_FDS * FD_SIZE))
             except InterruptedError:
                 continue
             fds: list[int] = []
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    n = len(payload) // fd_size
-                    fds.extend(struct.unpack(f"{n}i", payload[:n * fd_size]))
+                    n = len(payload) // FD_SIZE
+                    fds.extend(struct.unpack(f"{n}i", payload[:n * FD_SIZE]))
             if not data and not fds:  # pybuild closed its end: finish the runs, then exit
                 open_ = False
                 poller.unregister(sock.fileno())
@@ -1150,12 +1150,12 @@ def zygote(argv: list[str]) -> int:
             for fd in fds[1:]:
                 os.close(fd)
             if pid < 0:
-                reply.send(_Q.pack(pid))
+                reply.send(ZYGOTE_REPLY.pack(pid))
                 reply.close()
                 continue
             pidfd = os.pidfd_open(pid)
             try:
-                reply.sendmsg([_Q.pack(pid)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))])
+                reply.sendmsg([ZYGOTE_REPLY.pack(pid)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))])
             except OSError:
                 pass  # the requester is gone: its reply socket is readable, the init is killed
             children[pidfd] = (pid, reply)

@@ -44,16 +44,23 @@ __all__ = ["ExitStatus", "IdMap", "Mount", "ProcessSpec", "Resources", "RootfsSp
 # imported, not run as a script: a script is compiled on every start (~13 ms for _init.py),
 # a module comes from its cached byte code (written when pybuild itself imported it).
 _INIT_DIR = str(Path(_init.__file__).resolve().parent)
-_INIT_CODE = f"import sys; sys.path.insert(0, {_INIT_DIR!r}); import _init; sys.exit(_init.main(sys.argv))"
-_INIT_ARGS = ["-I", "-S", "-c", _INIT_CODE]  # no -B: a stale .pyc is rewritten once, not compiled each time
+
+
+def _entry_args(function: str) -> list[str]:
+    """Interpreter arguments that run ``_init.<function>(sys.argv)`` (no -B: a stale .pyc is
+    rewritten once, not compiled on each start)."""
+    code = f"import sys; sys.path.insert(0, {_INIT_DIR!r}); import _init; sys.exit(_init.{function}(sys.argv))"
+    return ["-I", "-S", "-c", code]
+
+
+_INIT_ARGS = _entry_args("main")
 # In /proc/PID/cmdline of a sandbox's outer init started directly (run(use_zygote=False)): how
 # runtime.launch finds a container's init.
-INIT_CMDLINE_MARK = _INIT_CODE.encode()
+INIT_CMDLINE_MARK = _INIT_ARGS[-1].encode()
 # The fork server (zygote, see _init.zygote): the same interpreter and module, started once per
 # pybuild process; it forks the outer inits of run(use_zygote=True), so they have its cmdline.
-_ZYGOTE_CODE = f"import sys; sys.path.insert(0, {_INIT_DIR!r}); import _init; sys.exit(_init.zygote(sys.argv))"
-_ZYGOTE_ARGS = ["-I", "-S", "-c", _ZYGOTE_CODE]
-ZYGOTE_CMDLINE_MARK = _ZYGOTE_CODE.encode()
+_ZYGOTE_ARGS = _entry_args("zygote")
+ZYGOTE_CMDLINE_MARK = _ZYGOTE_ARGS[-1].encode()
 _ZYGOTE_START_TIMEOUT = 30.0
 
 # Entries of the upper dir that may be turned into mount-point stubs; checked before the run so
@@ -480,8 +487,8 @@ def _read_ctl(fd: int) -> list[dict]:
     return msgs
 
 
-_Q = struct.Struct("q")
-_FD_SIZE = struct.calcsize("i")
+_Q = _init.ZYGOTE_REPLY  # the zygote's reply protocol, defined once in _init
+_FD_SIZE = _init.FD_SIZE
 
 
 def _in_lifetime_thread(fn):

@@ -14,6 +14,21 @@ APPLETS = ("sh", "cat", "echo", "id", "sleep", "true", "head", "grep", "mount", 
            "chroot", "mknod", "seq", "dd", "tail", "hostname", "awk", "ls", "kill", "wc", "tr")
 
 
+def cmdline(pid: int) -> bytes:
+    """/proc/PID/cmdline (NUL-separated); b"" once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def mountinfo() -> list[str]:
+    """This process's mount table, sorted (to compare before and after a run)."""
+    with open("/proc/self/mountinfo") as f:
+        return sorted(f.read().splitlines())
+
+
 def make_image(root: Path) -> Path:
     (root / "bin").mkdir()
     shutil.copy2("/bin/busybox", root / "bin/busybox")

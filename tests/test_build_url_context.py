@@ -12,6 +12,7 @@ failed or interrupted ones included.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import io
 import lzma
 import os
@@ -313,7 +314,10 @@ class _StallingHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_ctrl_c_during_the_download_removes_the_context_dir(cli, tmpdir_env):
+@contextlib.contextmanager
+def _build_stalled_in_download(cli, store_tmp: Path):
+    """A `pybuild build URL` whose download has begun writing its partial file and then stalls
+    (the server sends 64 KiB of 100 MiB); yields the build's Popen (stderr piped)."""
     _StallingHandler.started.clear()
     _StallingHandler.release.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
@@ -324,46 +328,37 @@ def test_ctrl_c_during_the_download_removes_the_context_dir(cli, tmpdir_env):
                                 stderr=subprocess.PIPE, text=True)
         assert _StallingHandler.started.wait(120)
         deadline = time.monotonic() + 120  # until the download has begun writing its partial file
-        while not list(tmpdir_env.glob("*/download/.context.partial")):
+        while not list(store_tmp.glob("*/download/.context.partial")):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=60)[1]
-        assert proc.returncode == 130, err
-        assert err.splitlines() == ["ERROR: interrupted: running steps were stopped, nothing was tagged"]
-        assert _leftovers(tmpdir_env) == []
+        yield proc
     finally:
         _StallingHandler.release.set()
         server.shutdown()
         server.server_close()
 
 
+def test_ctrl_c_during_the_download_removes_the_context_dir(cli, tmpdir_env):
+    with _build_stalled_in_download(cli, tmpdir_env) as proc:
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 130, err
+        assert err.splitlines() == ["ERROR: interrupted: running steps were stopped, nothing was tagged"]
+        assert _leftovers(tmpdir_env) == []
+
+
 def test_a_killed_build_leaves_its_context_to_the_next_build_to_sweep(cli, tmp_path, tmpdir_env):
     """SIGKILL leaves no chance to clean up: the context dir is a work dir of the store whose
     owner is dead, and the next build removes it."""
-    _StallingHandler.started.clear()
-    _StallingHandler.release.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/big.tar"
-        proc = subprocess.Popen([sys.executable, "-m", "pybuild", "build", "-t", "x:1", url], env=cli.env(),
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not list(tmpdir_env.glob("*/download/.context.partial")):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+    with _build_stalled_in_download(cli, tmpdir_env) as proc:
         proc.kill()
-        proc.wait(timeout=60)
+        proc.communicate(timeout=60)
         assert _leftovers(tmpdir_env) != []  # what the killed build left
         ctx = tmp_path / "ctx"
         ctx.mkdir()
         (ctx / "Dockerfile").write_text("FROM busybox:latest\n")
         cli("build", "-t", "next:1", str(ctx), check=True)
         assert _leftovers(tmpdir_env) == []
-    finally:
-        _StallingHandler.release.set()
-        server.shutdown()
 
 
 # -- the pure parts -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import run_captured
+from sandbox_helpers import cmdline, mountinfo, run_captured
 
 from pybuild.sandbox.runner import (INIT_CMDLINE_MARK, ZYGOTE_CMDLINE_MARK, ExitStatus, ProcessSpec, RootfsSpec,
                                     SandboxError, abort_all)
@@ -76,44 +76,26 @@ def _descends_from_us(pid: int) -> bool:
     return False
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def _leaked_processes() -> list[str]:
     found = []
     for p in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(p, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        cmd = b" ".join(argv).decode(errors="replace")
         pid = int(p.split("/")[2])
+        cmd = b" ".join(cmdline(pid).split(b"\0")).decode(errors="replace")  # "" once it is gone
         # an outer init: started directly, or forked by the fork server (its cmdline, its child)
         init = INIT_CMDLINE_MARK.decode() in cmd or (
-            ZYGOTE_CMDLINE_MARK.decode() in cmd and ZYGOTE_CMDLINE_MARK in _cmdline(_ppid(pid)))
+            ZYGOTE_CMDLINE_MARK.decode() in cmd and ZYGOTE_CMDLINE_MARK in cmdline(_ppid(pid)))
         if f"sleep {MARK}" in cmd or (init and pid != os.getpid() and _descends_from_us(pid)):
             found.append(cmd)
     return found
 
 
-def _mountinfo() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return sorted(f.read().splitlines())
-
-
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    before_mounts = _mountinfo()
+    before_mounts = mountinfo()
     ours = f"/tmp/pybuild-sandbox-{os.getpid()}-*"
     before_tmp = set(glob.glob(ours))
     yield
-    assert _mountinfo() == before_mounts
+    assert mountinfo() == before_mounts
     assert _leaked_processes() == []
     assert set(glob.glob(ours)) == before_tmp
 
@@ -376,12 +358,12 @@ def test_background_daemon_killed(image, ovl):
 
 
 def test_no_host_mounts_during_run(image, ovl):
-    before = _mountinfo()
+    before = mountinfo()
     seen = []
 
     def probe():
         time.sleep(0.5)
-        seen.append(_mountinfo())
+        seen.append(mountinfo())
 
     t = threading.Thread(target=probe)
     t.start()

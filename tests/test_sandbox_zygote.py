@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import ENV, make_image, run_captured
+from sandbox_helpers import ENV, cmdline, make_image, mountinfo, run_captured
 
 from pybuild.sandbox import runner
 from pybuild.sandbox.runner import ExitStatus, ProcessSpec, RootfsSpec, abort_all
@@ -48,14 +48,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie)."""
     try:
@@ -67,7 +59,7 @@ def _alive(pid: int) -> bool:
 
 def _sleepers() -> list[int]:
     return [int(p.split("/")[2]) for p in glob.glob("/proc/[0-9]*/cmdline")
-            if _cmdline(int(p.split("/")[2])).split(b"\0")[:2] == [b"sleep", MARK.encode()]]
+            if cmdline(int(p.split("/")[2])).split(b"\0")[:2] == [b"sleep", MARK.encode()]]
 
 
 def _zygote_pid() -> int | None:
@@ -75,18 +67,13 @@ def _zygote_pid() -> int | None:
     return z.proc.pid if z.proc is not None and z.proc.poll() is None else None
 
 
-def _mountinfo() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return sorted(f.read().splitlines())
-
-
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    before_mounts = _mountinfo()
+    before_mounts = mountinfo()
     ours = f"/tmp/pybuild-sandbox-{os.getpid()}-*"
     before_tmp = set(glob.glob(ours))
     yield
-    assert _mountinfo() == before_mounts
+    assert mountinfo() == before_mounts
     zpid = _zygote_pid()
     assert zpid is None or _children(zpid) == []  # no init left under the zygote
     assert _sleepers() == []
@@ -120,8 +107,8 @@ def test_concurrent_runs_from_threads_get_their_own_results(image, tmp_path):
 def test_forked_init_has_only_its_own_fds_and_the_zygote_as_parent(image, ovl):
     sh(image, ovl, "true")
     zpid = _zygote_pid()
-    assert zpid is not None and runner.ZYGOTE_CMDLINE_MARK in _cmdline(zpid)
-    assert runner.INIT_CMDLINE_MARK not in _cmdline(zpid)  # runtime.launch.init_pid must not take it
+    assert zpid is not None and runner.ZYGOTE_CMDLINE_MARK in cmdline(zpid)
+    assert runner.INIT_CMDLINE_MARK not in cmdline(zpid)  # runtime.launch.init_pid must not take it
     seen = {}
 
     def look():
@@ -230,7 +217,7 @@ def test_zygote_dies_with_its_pybuild_process(image, ovl, tmp_path):
     try:
         zpid = int(p.stdout.readline())
         assert p.stdout.readline() == b"up\n"
-        assert _alive(zpid) and runner.ZYGOTE_CMDLINE_MARK in _cmdline(zpid)
+        assert _alive(zpid) and runner.ZYGOTE_CMDLINE_MARK in cmdline(zpid)
         inits = _children(zpid)
         assert len(inits) == 1
     finally:
