@@ -12,9 +12,17 @@ stopped.
 
 Cost model: the event methods only update per-step state under one lock
 (`step_log` appends to a bounded deque and to the full log list); all
-formatting happens in `Live`'s refresh thread, at most `refresh_per_second`
-(8) times a second, so a step printing 100,000 lines costs 100,000 appends,
-not 100,000 redraws.
+formatting happens in the reporter's refresh thread, at most
+`refresh_per_second` (8) times a second, so a step printing 100,000 lines
+costs 100,000 appends, not 100,000 redraws.
+
+Drawing is serialised by `_draw_lock`: a line printed above the live area
+(from a build thread) and a redraw (from the refresh thread) each move the
+cursor up by the height of the last live render and draw a new one, and rich
+renders a `console.print` outside `Live`'s own lock, so two of them
+interleaved would move the cursor by a stale height and overwrite finished
+rows. That is why the reporter runs its own refresh thread instead of
+`Live(auto_refresh=True)`.
 """
 
 from __future__ import annotations
@@ -71,6 +79,9 @@ class TTYReporter(ReporterBase):
         self._steps: dict[int, _StepView] = {}
         self._started = clock()
         self._live: Live | None = None
+        self._draw_lock = threading.RLock()  # one writer to the terminal at a time (module docstring)
+        self._stop_refresh = threading.Event()
+        self._refresher: threading.Thread | None = None
         self._closed = False
         self._collapsed: RenderableType | None = None
 
@@ -87,11 +98,21 @@ class TTYReporter(ReporterBase):
         with self._start_lock:
             if self._live is not None or self._closed:
                 return
-            live = Live(console=self.console, get_renderable=self._render, auto_refresh=True,
-                        refresh_per_second=self.refresh_per_second, transient=False,
-                        redirect_stdout=False, redirect_stderr=False)
-            live.start()
+            live = Live(console=self.console, get_renderable=self._render, auto_refresh=False,
+                        transient=False, redirect_stdout=False, redirect_stderr=False)
+            with self._draw_lock:
+                live.start()
             self._live = live
+            self._refresher = threading.Thread(target=self._refresh_loop, args=(live,),
+                                               name="pybuild-tty-refresh", daemon=True)
+            self._refresher.start()
+
+    def _refresh_loop(self, live: Live) -> None:
+        while not self._stop_refresh.wait(1 / self.refresh_per_second):
+            with self._draw_lock:
+                if self._closed:
+                    return
+                live.refresh()
 
     def __enter__(self):
         self.start()
@@ -108,12 +129,16 @@ class TTYReporter(ReporterBase):
             for view in unprinted:
                 view.printed = True
             failed = [v for _, v in sorted(self._steps.items()) if v.state == "error"]
+        self._stop_refresh.set()
+        if self._refresher is not None:
+            self._refresher.join()
         if live is not None:
-            for view in unprinted:  # steps that never settled (build cancelled): show them as they were
-                live.console.print(self._row(view))
-            self._collapsed = self._final()  # what _render returns from now on
-            live.refresh()
-            live.stop()
+            with self._draw_lock:
+                for view in unprinted:  # steps that never settled (build cancelled): show them as they were
+                    live.console.print(self._row(view))
+                self._collapsed = self._final()  # what _render returns from now on
+                live.refresh()
+                live.stop()
         else:
             self.console.print(self._final())
         for view in failed:
@@ -183,12 +208,13 @@ class TTYReporter(ReporterBase):
         self._print_above(self._live, Text(message))
 
     def _print_above(self, live: Live | None, renderable: RenderableType) -> None:
-        if live is not None and not self._closed:
-            live.console.print(renderable)
-        else:
-            self.console.print(renderable)
+        with self._draw_lock:
+            if live is not None and not self._closed:
+                live.console.print(renderable)
+            else:
+                self.console.print(renderable)
 
-    # ------------------------------------------------------------ rendering (Live's refresh thread)
+    # ------------------------------------------------------------ rendering (the refresh thread, under _draw_lock)
 
     def _state_text(self, view: _StepView) -> Text:
         now = self._clock()
