@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start-to-exit wall time of `pybuild run --rm IMAGE true` against `runc run` on the same image
-# (busybox:latest saved by pybuild, unpacked into a runtime bundle by umoci), and `podman run
-# --rm` (runc) on the same archive when podman is installed; medians of N runs, interleaved, measured
-# in the same run.  `pybuild run --network none` is timed too (no bridge endpoint to set up:
-# runc's bundle has no network either, so that is the like-for-like figure).
+# (busybox:latest saved by pybuild, unpacked into a runtime bundle by umoci) and `podman run --rm`
+# (runc) on the same archive when podman is installed; medians of N runs, interleaved, measured in
+# the same run.  Like for like: pybuild and podman each with --network none (runc's bundle has no
+# network either), and each with its default network (a bridge: pybuild0, netavark's podman0).
 # Usage: bench/bench_run.sh [N]      (run as root; needs runc and umoci: apt-get install runc umoci)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,15 +57,30 @@ if command -v podman >/dev/null && podman_ load -i "$work/bb.tar" >/dev/null 2>&
         podman_ run --rm --network none busybox:latest true >/dev/null 2>&1; then
     podman_ok=1
 fi
+podman_bridge_ok=0  # netavark's bridge: like-for-like with pybuild's default network
+if [ "$podman_ok" = 1 ] && podman_ run --rm busybox:latest true >/dev/null 2>&1; then
+    podman_bridge_ok=1
+fi
 
-pb=(); pbnone=(); rc=(); pd=()
-pybuild run --rm busybox:latest true >/dev/null  # warm: snapshots unpacked, bridge created
+# `pybuild` and `python3` on PATH may be a version manager's shims (pyenv's are bash scripts that
+# re-run themselves through `pyenv exec`, ~50 ms each): time the console script and interpreter a
+# pip or venv install gives the user, next to the interpreter that runs pybuild.
+py_bin=$(python3 -c 'import sys; print(sys.executable)')
+pybuild_bin="$(dirname "$py_bin")/pybuild"
+[ -x "$pybuild_bin" ] || pybuild_bin=$(command -v pybuild)
+echo "timing $pybuild_bin (interpreter $py_bin)"
+
+pb=(); pbnone=(); rc=(); pd=(); pdbr=()
+"$pybuild_bin" run --rm busybox:latest true >/dev/null  # warm: snapshots unpacked, bridge created
 for i in $(seq "$n"); do
-    pb+=("$(time_cmd pybuild run --rm busybox:latest true)")
-    pbnone+=("$(time_cmd pybuild run --rm --network none busybox:latest true)")
+    pb+=("$(time_cmd "$pybuild_bin" run --rm busybox:latest true)")
+    pbnone+=("$(time_cmd "$pybuild_bin" run --rm --network none busybox:latest true)")
     rc+=("$(cd "$work/bundle" && time_cmd runc run "pybench-$$")")
     if [ "$podman_ok" = 1 ]; then
         pd+=("$(time_cmd podman_ run --rm --network none busybox:latest true)")
+        if [ "$podman_bridge_ok" = 1 ]; then
+            pdbr+=("$(time_cmd podman_ run --rm busybox:latest true)")
+        fi
     fi
 done
 m_pb=$(printf '%s\n' "${pb[@]}" | median)
@@ -79,8 +94,15 @@ printf 'ratio pybuild(default)/runc          %.2fx\n' "$(echo "$m_pb / $m_rc" | 
 if [ "$podman_ok" = 1 ]; then
     m_pd=$(printf '%s\n' "${pd[@]}" | median)
     printf 'podman run --rm (runc)               %.3f s\n' "$m_pd"
-    printf 'ratio pybuild(none)/podman           %.2fx\n' "$(echo "$m_none / $m_pd" | bc -l)"
+    printf 'ratio pybuild(none)/podman(none)     %.2fx\n' "$(echo "$m_none / $m_pd" | bc -l)"
+    if [ "$podman_bridge_ok" = 1 ]; then
+        m_pdbr=$(printf '%s\n' "${pdbr[@]}" | median)
+        printf 'podman run --rm (default network)    %.3f s\n' "$m_pdbr"
+        printf 'ratio pybuild(default)/podman(default) %.2fx\n' "$(echo "$m_pb / $m_pdbr" | bc -l)"
+    else
+        echo "podman run (default network): not measured (its bridge network does not work on this host)"
+    fi
 else
     echo "podman run: not measured (podman missing or not configured for this host)"
 fi
-printf 'python3 -c pass (interpreter floor)  %.3f s\n' "$(for i in 1 2 3; do time_cmd python3 -c pass; done | median)"
+printf 'python3 -c pass (interpreter floor)  %.3f s\n' "$(for i in 1 2 3; do time_cmd "$py_bin" -c pass; done | median)"

@@ -21,10 +21,10 @@ from pybuild import __version__
 from pybuild.atomicfile import atomic_write, write_atomic
 from pybuild.errors import PybuildError, UsageError
 
-from pybuild.commands import discover as _discover_commands
+from pybuild.commands import command_names as _command_names, load as _load_command
 
-PLUGINS = {mod.NAME: mod for mod in _discover_commands()}
-COMMANDS = ("build", "images", "import", "load", "save", "help", *PLUGINS)  # run: commands/run.py
+PLUGIN_NAMES = _command_names()  # module names, read without importing them (run: commands/run.py)
+COMMANDS = ("build", "images", "import", "load", "save", "help", *PLUGIN_NAMES)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,99 +32,110 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line parser; with `only`, just that command's subparser (what one run needs: each
+    subparser costs ~1 ms of argparse and gettext work, ~25 ms for all of them on every start)."""
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
     p = _Parser(prog="pybuild", description="Build OCI images from Dockerfiles, without a daemon.",
                 epilog="`pybuild -t NAME PATH` is short for `pybuild build -t NAME PATH`.")
     p.add_argument("--version", action="version", version=f"pybuild {__version__}")
     p.add_argument("--root", help="state directory (default $PYBUILD_ROOT, /var/lib/pybuild for root)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
-    b = sub.add_parser("build", help="build an image from a Dockerfile",
-                       description="Build an image from a Dockerfile. Example: pybuild build -t app:1.0 .")
-    b.add_argument("context", metavar="PATH | URL | -",
-                   help="build context: a directory; - for a context tar (or a lone Dockerfile) on stdin; or a URL: "
-                        "a git repository (REPO.git, git://, ssh://, git@HOST:PATH, file://; #REF:SUBDIR picks a "
-                        "branch, tag or commit and the context directory in it) or an http(s) tar (a plain file "
-                        "there is the Dockerfile, with an empty context)")
-    b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile; - reads it from stdin; with a context tar "
-                        "on stdin or a URL context, a path inside that context)")
-    b.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
-    b.add_argument("--build-arg", action="append", default=[], metavar="K=V",
-                   help="set a build argument (K alone takes its value from the environment)")
-    b.add_argument("--target", help="build this stage and what it needs, not the last one")
-    b.add_argument("--label", action="append", default=[], metavar="K=V", help="set a label on the image (repeatable; K alone: an empty value)")
-    b.add_argument("--platform", metavar="OS/ARCH", help="target platform; only this host's (linux/amd64) can be built")
-    b.add_argument("-j", "--jobs", type=_positive_int, default=0, metavar="N",
-                   help="steps executing at once (default: twice the number of CPUs, at least 4)")
-    b.add_argument("--no-cache", action="store_true", help="run every step, ignoring the cache")
-    b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
-                   help="run the steps of these stages, ignoring the cache (repeatable or comma-separated)")
-    b.add_argument("--cache-from", action="append", default=[], metavar="type=local,src=DIR|type=registry,ref=REF",
-                   help="also take cached steps (and cache mounts) from what --cache-to wrote (repeatable); "
-                        "a source that cannot be read is a warning")
-    b.add_argument("--cache-to", metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max][,mounts=true]",
-                   help="export this build's cache records and layers to DIR (an OCI layout) or REF (an OCI "
-                        "artifact); mode=min (default) the final image's steps, mode=max every step of every "
-                        "built stage; mounts=true also the RUN --mount=type=cache contents")
-    b.add_argument("--network", choices=("none", "host"), default="none",
-                   help="network for RUN steps (default none)")
-    add_userns_flag(b, "RUN steps")
-    b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
-    b.add_argument("--allow", action="append", default=[], choices=("security.insecure",),
-                   help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
-    _add_resource_flags(b, "each RUN step")
-    b.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default=None,
-                   help="progress output: auto (tty on a terminal, plain otherwise; $PYBUILD_PROGRESS), "
-                        "tty, plain, rawjson (one JSON event per line)")
-    b.add_argument("--cache-report", choices=("text", "json"), default=None,
-                   help="after the build, print which steps hit the cache and why others missed "
-                        "(text on stderr, json on stdout)")
-    b.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
-                   help="layer compression (default gzip)")
-    b.add_argument("-o", "--output", metavar="SPEC",
-                   help="also write the result: type=oci|docker,dest=FILE[,name=REF] (archives), "
-                        "type=tar,dest=FILE (flattened filesystem), type=local,dest=DIR; a bare PATH means "
-                        "type=local,dest=PATH; type=image (the default) only stores and tags it "
-                        "(name=REF[,push=true] also names and pushes it); type=registry,name=REF pushes it")
-    b.add_argument("--pull", dest="pull", action="store_const", const="always", default="missing",
-                   help="--pull: refresh FROM images from their registry; --pull=missing (default) pulls only "
-                        "those not in the local store; --pull=never never pulls")
-    b.add_argument("--pull-policy", dest="pull", help=argparse.SUPPRESS)  # `--pull=X`, see _pull_policy_flags
-    b.add_argument("--push", action="store_true", help="push every -t name to its registry after the build")
-    b.add_argument("--iidfile", metavar="FILE", help="write the image id (config digest) to FILE")
-    b.add_argument("--metadata-file", metavar="FILE",
-                   help="write JSON with the image's manifest and config digests to FILE")
-    b.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]",
-                   help="a secret for RUN --mount=type=secret (also type=file|env,src=...); never stored")
-    b.add_argument("--ssh", action="append", default=[], metavar="ID[=SOCKET|KEY[,KEY...]]",
-                   help="an ssh agent for RUN --mount=type=ssh: `default` is $SSH_AUTH_SOCK; key files "
-                        "get a private ssh-agent for the build")
+    if wanted("build"):
+        b = sub.add_parser("build", help="build an image from a Dockerfile",
+                           description="Build an image from a Dockerfile. Example: pybuild build -t app:1.0 .")
+        b.add_argument("context", metavar="PATH | URL | -",
+                       help="build context: a directory; - for a context tar (or a lone Dockerfile) on stdin; or a URL: "
+                            "a git repository (REPO.git, git://, ssh://, git@HOST:PATH, file://; #REF:SUBDIR picks a "
+                            "branch, tag or commit and the context directory in it) or an http(s) tar (a plain file "
+                            "there is the Dockerfile, with an empty context)")
+        b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile; - reads it from stdin; with a context tar "
+                            "on stdin or a URL context, a path inside that context)")
+        b.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
+        b.add_argument("--build-arg", action="append", default=[], metavar="K=V",
+                       help="set a build argument (K alone takes its value from the environment)")
+        b.add_argument("--target", help="build this stage and what it needs, not the last one")
+        b.add_argument("--label", action="append", default=[], metavar="K=V", help="set a label on the image (repeatable; K alone: an empty value)")
+        b.add_argument("--platform", metavar="OS/ARCH", help="target platform; only this host's (linux/amd64) can be built")
+        b.add_argument("-j", "--jobs", type=_positive_int, default=0, metavar="N",
+                       help="steps executing at once (default: twice the number of CPUs, at least 4)")
+        b.add_argument("--no-cache", action="store_true", help="run every step, ignoring the cache")
+        b.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
+                       help="run the steps of these stages, ignoring the cache (repeatable or comma-separated)")
+        b.add_argument("--cache-from", action="append", default=[], metavar="type=local,src=DIR|type=registry,ref=REF",
+                       help="also take cached steps (and cache mounts) from what --cache-to wrote (repeatable); "
+                            "a source that cannot be read is a warning")
+        b.add_argument("--cache-to", metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max][,mounts=true]",
+                       help="export this build's cache records and layers to DIR (an OCI layout) or REF (an OCI "
+                            "artifact); mode=min (default) the final image's steps, mode=max every step of every "
+                            "built stage; mounts=true also the RUN --mount=type=cache contents")
+        b.add_argument("--network", choices=("none", "host"), default="none",
+                       help="network for RUN steps (default none)")
+        add_userns_flag(b, "RUN steps")
+        b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+        b.add_argument("--allow", action="append", default=[], choices=("security.insecure",),
+                       help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
+        _add_resource_flags(b, "each RUN step")
+        b.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default=None,
+                       help="progress output: auto (tty on a terminal, plain otherwise; $PYBUILD_PROGRESS), "
+                            "tty, plain, rawjson (one JSON event per line)")
+        b.add_argument("--cache-report", choices=("text", "json"), default=None,
+                       help="after the build, print which steps hit the cache and why others missed "
+                            "(text on stderr, json on stdout)")
+        b.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                       help="layer compression (default gzip)")
+        b.add_argument("-o", "--output", metavar="SPEC",
+                       help="also write the result: type=oci|docker,dest=FILE[,name=REF] (archives), "
+                            "type=tar,dest=FILE (flattened filesystem), type=local,dest=DIR; a bare PATH means "
+                            "type=local,dest=PATH; type=image (the default) only stores and tags it "
+                            "(name=REF[,push=true] also names and pushes it); type=registry,name=REF pushes it")
+        b.add_argument("--pull", dest="pull", action="store_const", const="always", default="missing",
+                       help="--pull: refresh FROM images from their registry; --pull=missing (default) pulls only "
+                            "those not in the local store; --pull=never never pulls")
+        b.add_argument("--pull-policy", dest="pull", help=argparse.SUPPRESS)  # `--pull=X`, see _pull_policy_flags
+        b.add_argument("--push", action="store_true", help="push every -t name to its registry after the build")
+        b.add_argument("--iidfile", metavar="FILE", help="write the image id (config digest) to FILE")
+        b.add_argument("--metadata-file", metavar="FILE",
+                       help="write JSON with the image's manifest and config digests to FILE")
+        b.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]",
+                       help="a secret for RUN --mount=type=secret (also type=file|env,src=...); never stored")
+        b.add_argument("--ssh", action="append", default=[], metavar="ID[=SOCKET|KEY[,KEY...]]",
+                       help="an ssh agent for RUN --mount=type=ssh: `default` is $SSH_AUTH_SOCK; key files "
+                            "get a private ssh-agent for the build")
 
-    i = sub.add_parser("images", help="list images in the local store")
-    i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
-    i.add_argument("--digests", action="store_true", help="show manifest digests")
+    if wanted("images"):
+        i = sub.add_parser("images", help="list images in the local store")
+        i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+        i.add_argument("--digests", action="store_true", help="show manifest digests")
 
-    im = sub.add_parser("import", help="make a one-layer image from a rootfs directory or tarball",
-                        description="Like docker import. Example: pybuild import ./rootfs busybox:latest")
-    im.add_argument("source", help="directory, tar or tar.gz file, or - for a tar on stdin")
-    im.add_argument("reference", help="NAME[:TAG]")
-    im.add_argument("-m", "--message", help="the history comment (default: 'imported from SOURCE')")
-    im.add_argument("-c", "--change", action="append", default=[],
-                    help="Dockerfile instruction applied to the config (repeatable): CMD, ENTRYPOINT, ENV, EXPOSE, "
-                         "LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR")
+    if wanted("import"):
+        im = sub.add_parser("import", help="make a one-layer image from a rootfs directory or tarball",
+                            description="Like docker import. Example: pybuild import ./rootfs busybox:latest")
+        im.add_argument("source", help="directory, tar or tar.gz file, or - for a tar on stdin")
+        im.add_argument("reference", help="NAME[:TAG]")
+        im.add_argument("-m", "--message", help="the history comment (default: 'imported from SOURCE')")
+        im.add_argument("-c", "--change", action="append", default=[],
+                        help="Dockerfile instruction applied to the config (repeatable): CMD, ENTRYPOINT, ENV, EXPOSE, "
+                             "LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR")
 
-    ld = sub.add_parser("load", help="load images from an OCI or docker archive (docker/podman save, skopeo)",
-                        description="Example: pybuild load -i hello.tar")
-    ld.add_argument("-i", "--input", required=True, help="tarball to read (- for stdin)")
+    if wanted("load"):
+        ld = sub.add_parser("load", help="load images from an OCI or docker archive (docker/podman save, skopeo)",
+                            description="Example: pybuild load -i hello.tar")
+        ld.add_argument("-i", "--input", required=True, help="tarball to read (- for stdin)")
 
-    s = sub.add_parser("save", help="write images to an OCI image-layout or docker-archive tarball")
-    s.add_argument("-o", "--output", required=True, help="tarball to write")
-    s.add_argument("--format", choices=("oci", "docker"), default="oci",
-                   help="oci (image layout, default) or docker (docker save / docker load format)")
-    s.add_argument("images", nargs="+", help="NAME[:TAG]")
+    if wanted("save"):
+        s = sub.add_parser("save", help="write images to an OCI image-layout or docker-archive tarball")
+        s.add_argument("-o", "--output", required=True, help="tarball to write")
+        s.add_argument("--format", choices=("oci", "docker"), default="oci",
+                       help="oci (image layout, default) or docker (docker save / docker load format)")
+        s.add_argument("images", nargs="+", help="NAME[:TAG]")
 
-    for mod in PLUGINS.values():
-        mod.add_parser(sub)
+    for name in PLUGIN_NAMES:
+        if wanted(name):
+            _load_command(name).add_parser(sub)
 
     h = sub.add_parser("help", help="show this help, or a command's: pybuild help build")
     h.add_argument("topic", nargs="?", help="a command")
@@ -225,6 +236,20 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand `argv` (already normalised) runs; None when help or the version is asked for
+    before one, so that the parser is built whole."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in COMMANDS:
+            return a
+        if a in ("-h", "--help", "--version"):
+            return None
+        i += 2 if a == "--root" else 1
+    return None
+
+
 def _looks_like_url(word: str) -> bool:
     from pybuild.builder.url_context import is_url_context
 
@@ -244,9 +269,12 @@ def _pull_policy_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = _pull_policy_flags(list(sys.argv[1:] if argv is None else argv))
-    parser = _parser()
+    args = None
     try:
-        args = parser.parse_args(_normalise_argv(argv))
+        argv = _normalise_argv(argv)
+        command = _command_word(argv)
+        parser = _parser(only=None if command in (None, "help") else command)
+        args = parser.parse_args(argv)
         if args.command == "help" and args.topic:
             parser.parse_args([args.topic, "--help"])  # prints the command's help and exits 0
         if args.command in (None, "help"):
@@ -257,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in builtin:
             handler = builtin[args.command]
         else:
-            plugin = PLUGINS[args.command]
+            plugin = _load_command(args.command)
             handler = lambda a: plugin.run(a, lambda: _store(a))  # noqa: E731
         if args.command != "run":  # run forwards SIGTERM to the container instead
             signal.signal(signal.SIGTERM, _terminate)

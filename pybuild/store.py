@@ -9,13 +9,16 @@ module only decides where the root is and cleans what crashed runs left behind.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pybuild.cache.content import ContentStore
-from pybuild.cache.index import CacheIndex
 from pybuild.cache.snapshots import SnapshotStore
 from pybuild.oci.store import ImageStore
+
+if TYPE_CHECKING:
+    from pybuild.cache.index import CacheIndex
 
 
 def default_root() -> Path:
@@ -32,13 +35,27 @@ def default_root() -> Path:
     return Path(data) / "pybuild"
 
 
-@dataclass
 class Store:
-    root: Path
-    content: ContentStore
-    snapshots: SnapshotStore
-    index: CacheIndex
-    images: ImageStore
+    """The parts of one state directory. The cache index is opened on first use: it is an SQLite
+    database (a connection, a schema check) that `run`, `images`, `save` ... never read."""
+
+    def __init__(self, root: Path, content: ContentStore, snapshots: SnapshotStore, images: ImageStore):
+        self.root = root
+        self.content = content
+        self.snapshots = snapshots
+        self.images = images
+        self._index: CacheIndex | None = None
+        self._index_lock = threading.Lock()  # build threads may be the first to ask
+
+    @property
+    def index(self) -> CacheIndex:
+        if self._index is None:
+            with self._index_lock:
+                if self._index is None:
+                    from pybuild.cache.index import CacheIndex
+
+                    self._index = CacheIndex(self.root, self.content)
+        return self._index
 
     @classmethod
     def open(cls, root: Path | None = None) -> "Store":
@@ -46,7 +63,7 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         content = ContentStore(root)
         return cls(root=root, content=content, snapshots=SnapshotStore(root, content),
-                   index=CacheIndex(root), images=ImageStore(root, content))
+                   images=ImageStore(root, content))
 
     def clean_stale(self) -> None:
         """Remove what killed runs left: unlocked ingest files and work dirs of dead processes."""

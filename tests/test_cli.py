@@ -23,6 +23,45 @@ def test_version_and_help():
     assert res.code == 0 and "build" in res.stdout and "run" in res.stdout
 
 
+def test_every_command_module_is_named_after_its_command():
+    # `pybuild X` imports only pybuild/commands/X.py: the file name is the contract
+    from pybuild.commands import command_names, load
+
+    names = command_names()
+    assert "run" in names and "prune" in names
+    for name in names:
+        assert load(name).NAME == name
+
+
+def test_one_command_builds_only_its_own_parser():
+    from pybuild.cli import COMMANDS, _parser
+
+    def choices(parser):
+        return set(parser._subparsers._group_actions[0].choices)
+
+    assert choices(_parser()) == set(COMMANDS)
+    assert choices(_parser(only="run")) == {"run", "help"}
+    args = _parser(only="run").parse_args(["run", "--rm", "-e", "A=1", "busybox", "true"])
+    assert args.command == "run" and args.rm and args.env == ["A=1"]
+
+
+def test_run_start_up_does_not_load_the_cache_index_or_archives(tmp_path):
+    # what `pybuild run` imports before it starts the container: no sqlite3 (the cache index),
+    # no layer codec, no other command's module
+    code = ("import sys; from pybuild import cli; from pybuild.store import Store; "
+            "cli._parser(only='run'); s = Store.open(sys.argv[1]); s.images.list(); "
+            "print(' '.join(m for m in ('sqlite3', 'pybuild.cache.index', 'zstandard', 'pybuild.oci.archive', "
+            "'pybuild.commands.build', 'pybuild.commands.prune') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store")], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == ""
+    code = ("import sys; from pybuild.store import Store; s = Store.open(sys.argv[1]); s.index.keys(); "
+            "print('sqlite3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store")], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "True"  # ... and the index still opens on first use
+
+
 @pytest.mark.parametrize("args, message", [
     (["image"], "unknown command 'image' (did you mean images?)"),
     (["nosuchcmd"], "pybuild: unknown command or build context 'nosuchcmd' (commands: build, check, "),

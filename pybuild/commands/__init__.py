@@ -4,8 +4,9 @@ Every module here defines:
     NAME: str                                   the subcommand word
     def add_parser(sub) -> None                 register its argparse subparser on `sub`
     def run(args, store_factory) -> int         do the work; `store_factory()` opens the Store
-Modules must import heavy things lazily (inside `run`), because they are all
-imported to build the parser on every pybuild start.
+The module's file name is its NAME: `pybuild X` imports only `pybuild.commands.X`
+(and `pybuild --help` all of them), so a module must still import heavy things
+lazily, inside `run`, to keep its own start-up cheap.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ import pkgutil
 from types import ModuleType
 
 
-def discover() -> list[ModuleType]:
-    mods = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            mods.append(importlib.import_module(f"{__name__}.{info.name}"))
-    return mods
+def command_names() -> tuple[str, ...]:
+    """The subcommand words, from the module files, without importing any of them."""
+    return tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")))
+
+
+def load(name: str) -> ModuleType:
+    """The module of subcommand `name` (one of :func:`command_names`)."""
+    mod = importlib.import_module(f"{__name__}.{name}")
+    if mod.NAME != name:  # the file name is the contract: see the module docstring
+        raise ImportError(f"{mod.__name__} defines NAME={mod.NAME!r}; it must be {name!r}")
+    return mod
