@@ -52,6 +52,7 @@ from pybuild.cache.index import CacheRecord
 from pybuild.cache.transfer import (CacheExportSpec, CacheImportSpec, CacheSources, export_cache,
                                     snapshot_mounts)
 from pybuild.cache.layers import LayerBlob, write_layer
+from pybuild.cache.steplock import StepLock, StepLockCancelled
 from pybuild.cache.view import LayeredView
 from pybuild.errors import BuildError
 from pybuild.grammar import DockerfileError, ast, expand_word, expand_words, parse
@@ -515,10 +516,32 @@ class Solver:
 
     def _execute_or_reuse(self, step: Step, ins, state: StageState, sp: StagePlan, key: str,
                           prepared: Prepared, label: str) -> None:
-        definition, execute, created_by, files = prepared
         skip_reason = self._cache_skipped(sp)
         built_here = self.used_records.get(key)  # even with --no-cache: the same vertex, one build
         found = (built_here, None) if built_here is not None else (None if skip_reason else self.cache.get(key))
+        if found is None and not skip_reason:
+            # a miss: fill the key under its cross-process lock (cache/steplock.py), looking again
+            # if another build held it: that build's result is then ours too
+            lock = StepLock(self.store.root, key)
+            try:
+                if lock.acquire(on_wait=lambda pid: self._waiting_for(step, pid), cancelled=self.cancelled.is_set):
+                    found = self.cache.get(key)
+            except StepLockCancelled:
+                raise BuildError("build cancelled") from None
+            try:
+                self._use_or_execute(step, ins, state, key, prepared, label, found, skip_reason)
+            finally:
+                lock.release()
+        else:
+            self._use_or_execute(step, ins, state, key, prepared, label, found, skip_reason)
+
+    def _waiting_for(self, step: Step, pid: int | None) -> None:
+        holder = f"pybuild process {pid}" if pid else "pybuild process"
+        self.reporter.info(f"#{step.number} waiting: another {holder} is running this step; its result will be used")
+
+    def _use_or_execute(self, step: Step, ins, state: StageState, key: str, prepared: Prepared, label: str,
+                        found: tuple[CacheRecord, str | None] | None, skip_reason: str | None) -> None:
+        definition, execute, created_by, files = prepared
         record = found[0] if found else None
         if record is not None:
             if found[1] is not None:
