@@ -144,12 +144,42 @@ def stop(c: Container, sig: int, timeout: float) -> bool:
 
 
 def release_network(root: Path, c: Container) -> None:
-    """Give back the container's bridge endpoint (idempotent; nothing for none/host)."""
+    """Give back the container's bridge endpoint (idempotent; nothing for none/host); the
+    containers still on the bridge lose its /etc/hosts entry."""
     if c.config.get("Network") != "bridge":
         return
     from . import network
 
-    network.disconnect(root, c.id)
+    bridge = network.disconnect(root, c.id)
+    if bridge is not None:
+        network.update_hosts(root, _hosts_writer(root), config=bridge)
+
+
+# A bridge container's /etc/hosts: a file in its directory, bind-mounted by the sandbox and
+# rewritten in place (same inode, so the mount sees it) whenever a container of the same store
+# joins or leaves the bridge, as podman does.
+HOSTS_FILE = "hosts"
+
+
+def _write_hosts(c: Container, hosts: dict[str, str]) -> None:
+    from pybuild.sandbox.runner import hosts_text
+
+    with open(c.dir / HOSTS_FILE, "w") as f:  # truncate + write: never a new inode
+        f.write(hosts_text(c.config["Hostname"], hosts))
+    os.chmod(c.dir / HOSTS_FILE, 0o644)
+
+
+def _hosts_writer(root: Path):
+    def write(container_id: str, hosts: dict[str, str]) -> None:
+        c = ContainerStore(root).load(container_id)
+        # only a container that has a hosts file (made above, before its sandbox started) and
+        # is not removed meanwhile
+        if c is not None and (c.dir / HOSTS_FILE).is_file():
+            try:
+                _write_hosts(c, hosts)
+            except OSError:
+                pass  # removed under us: nothing to update
+    return write
 
 
 def remove(store, containers: ContainerStore, c: Container, *, force: bool) -> None:
@@ -226,7 +256,10 @@ def execute(store, c: Container, lowerdirs: list[Path], *, stdin: int | None, st
             except network.NetworkError as e:
                 raise PybuildError(f"bridge network: {e}") from None
             spec.network = str(endpoint.netns)
-            spec.extra_hosts = dict(endpoint.hosts)
+            spec.hosts_file = c.dir / HOSTS_FILE
+            _write_hosts(c, endpoint.hosts)
+            # ... and this container joins the /etc/hosts of the others (theirs are rewritten)
+            network.update_hosts(store.root, _hosts_writer(store.root))
             c.set_state(IPAddress=str(endpoint.ip))
         c.set_state(Status="running", SupervisorPid=os.getpid(), StartedAt=now_rfc3339(), ExitCode=0,
                     OOMKilled=False, Error="")

@@ -53,7 +53,7 @@ import socket
 import struct
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -705,11 +705,12 @@ def _config_holding(container_id: str) -> BridgeConfig:
     return BridgeConfig.from_env()
 
 
-def disconnect(root: Path, container_id: str, *, config: BridgeConfig | None = None) -> None:
+def disconnect(root: Path, container_id: str, *, config: BridgeConfig | None = None) -> BridgeConfig | None:
     """Remove the container's veth, nft rules, netns file and address lease.  Idempotent (also
-    for an id that was never connected); the bridge and table go with the last endpoint."""
+    for an id that was never connected); the bridge and table go with the last endpoint.
+    Returns the bridge it was on (None for an invalid id)."""
     if not _CONTAINER_ID.fullmatch(container_id):
-        return
+        return None
     cfg = config or _config_holding(container_id)
     with _locked(cfg.state_dir / "lock"):
         state = _load(cfg)
@@ -718,6 +719,7 @@ def disconnect(root: Path, container_id: str, *, config: BridgeConfig | None = N
             _save(cfg, state)
         if not state["leases"] and _link_exists(cfg.name):
             _teardown_bridge(cfg)
+    return cfg
 
 
 def set_owner(root: Path, container_id: str, pid: int, *, config: BridgeConfig | None = None) -> None:
@@ -741,6 +743,23 @@ def lookup(container_id: str, *, config: BridgeConfig | None = None) -> Endpoint
     with _locked(cfg.state_dir / "lock"):
         lease = _load(cfg)["leases"].get(container_id)
     return None if lease is None else _endpoint(cfg, container_id, lease, {})
+
+
+def update_hosts(root: Path, write: Callable[[str, dict[str, str]], None], *,
+                 config: BridgeConfig | None = None) -> None:
+    """Call ``write(container_id, hosts)`` for every live endpoint of store ``root`` on the
+    bridge, ``hosts`` being the other named containers' addresses (what its /etc/hosts should
+    list), under the bridge's lock: calls of several processes do not interleave, and each sees
+    the leases as they are after the connect or disconnect that triggered it."""
+    cfg = config or BridgeConfig.from_env()
+    if not cfg.state_dir.is_dir():
+        return
+    with _locked(cfg.state_dir / "lock"):
+        state = _load(cfg)
+        busy = _busy_netns_inodes()
+        for cid, lease in sorted(state["leases"].items()):
+            if lease["root"] == str(root) and not _lease_stale(lease, busy):
+                write(cid, _hosts(state, root, cid, busy))
 
 
 def cleanup_stale(root: Path) -> None:

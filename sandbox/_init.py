@@ -657,7 +657,8 @@ def mount_etc_files(cfg: dict, root: str, stubs: list[str]) -> None:
         target = ensure_mountpoint(root, "/etc/" + name, False, stubs)
         if target is None:
             continue  # e.g. a directory is in the way: leave the image alone
-        mount(os.path.join(cfg["tmp"], "etc", name), target, None, MS_BIND)
+        source = cfg.get("hosts_file") if name == "hosts" else None  # the caller's, rewritten in place
+        mount(source or os.path.join(cfg["tmp"], "etc", name), target, None, MS_BIND)
 
 
 def mount_requested(cfg: dict, root: str, stubs: list[str]) -> None:

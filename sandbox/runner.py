@@ -119,6 +119,10 @@ class ProcessSpec:
     tty: bool = False
     # name -> IPv4/IPv6 address, appended to the sandbox's /etc/hosts (other containers by name)
     extra_hosts: dict[str, str] = field(default_factory=dict)
+    # a file the caller owns, bind-mounted as /etc/hosts instead of the one the sandbox writes
+    # (from hostname and extra_hosts): the caller may rewrite it in place while the sandbox
+    # runs (a container that joins the bridge later appears in the others' /etc/hosts)
+    hosts_file: Path | None = None
     # a user namespace (idmap.py; `--userns=auto`): the container's root is the host ids of
     # the mapping, capabilities count only inside it, and the rootfs layers are idmapped mounts
     # so files on disk keep their real ownership (the upper dir is the same layer as without).
@@ -216,6 +220,13 @@ def _validate(spec: ProcessSpec, rootfs: RootfsSpec) -> None:
         raise SandboxError("empty command")
     if spec.network not in ("none", "host"):
         _validate_netns(spec.network)
+    if spec.hosts_file is not None:
+        try:
+            regular = stat.S_ISREG(os.lstat(spec.hosts_file).st_mode)
+        except OSError as e:
+            raise SandboxError(f"hosts file {spec.hosts_file}: {e.strerror}") from None
+        if not regular or not os.path.isabs(spec.hosts_file):
+            raise SandboxError(f"hosts file {spec.hosts_file}: not an absolute path to a regular file")
     for name, addr in spec.extra_hosts.items():
         if not name or any(c.isspace() or c in "#\0" for c in name):
             raise SandboxError(f"invalid extra host name {name!r}")
@@ -304,13 +315,18 @@ def _mount_stub_candidates(mounts: list[Mount]) -> list[str]:
     return out
 
 
+def hosts_text(hostname: str, extra_hosts: dict[str, str]) -> str:
+    """The /etc/hosts a sandbox sees: localhost and its own name, then ``extra_hosts`` by name."""
+    return (f"127.0.0.1\tlocalhost {hostname}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            + "".join(f"{addr}\t{name}\n" for name, addr in sorted(extra_hosts.items())))
+
+
 def _write_etc(tmp: str, spec: ProcessSpec) -> None:
     etc = os.path.join(tmp, "etc")
     os.mkdir(etc)
     with open(os.path.join(etc, "hosts"), "w") as f:
-        f.write(f"127.0.0.1\tlocalhost {spec.hostname}\n"
-                "::1\tlocalhost ip6-localhost ip6-loopback\n")
-        f.writelines(f"{addr}\t{name}\n" for name, addr in sorted(spec.extra_hosts.items()))
+        f.write(hosts_text(spec.hostname, spec.extra_hosts))
     try:
         with open("/etc/resolv.conf") as f:
             resolv = f.read()
@@ -689,6 +705,8 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
             os.chown(tmp, *root_ids)
             for name in ("hosts", "resolv.conf", "hostname"):
                 os.chown(os.path.join(tmp, "etc", name), *root_ids)
+            if spec.hosts_file is not None:
+                os.chown(spec.hosts_file, *root_ids)
         ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(ctl_w, True)
         cwd = spec.cwd if spec.cwd.startswith("/") else "/" + spec.cwd
@@ -698,6 +716,7 @@ def run(spec: ProcessSpec, rootfs: RootfsSpec, *, stdin: int | None = None,
             "lowerdirs": lowerdirs, "upperdir": upper, "workdir": work,
             "ctl_fd": ctl_w, "parent_pid": os.getpid(), "privileged": bool(spec.privileged),
             "tty": bool(spec.tty),
+            "hosts_file": None if spec.hosts_file is None else str(spec.hosts_file),
             "userns": None if spec.userns is None else {
                 "uid_host": spec.userns.uid_host, "gid_host": spec.userns.gid_host, "size": spec.userns.size},
             "cgroup_procs": cg.procs_files() if cg is not None else [],

@@ -100,6 +100,24 @@ def test_two_containers_talk_over_the_bridge_by_name(bridge_cli):
     assert len(netns) == 1 and [lease["name"] for lease in leases.values()] == ["server"]
 
 
+def test_hosts_files_follow_containers_joining_and_leaving(bridge_cli):
+    # the first container learns the second's name when it joins, and forgets it when it goes
+    # (podman's behaviour; the file is rewritten in place under the running container)
+    bridge_cli("run", "-d", "--name", "server", "busybox:latest", "sleep", "300", check=True)
+    assert "web" not in bridge_cli("exec", "server", "cat", "/etc/hosts", check=True).stdout
+    bridge_cli("run", "-d", "--name", "web", "busybox:latest", "sleep", "300", check=True)
+    hosts = bridge_cli("exec", "server", "cat", "/etc/hosts", check=True).stdout
+    web = [ln.split() for ln in hosts.splitlines() if ln.endswith("\tweb")]
+    assert len(web) == 1 and web[0][0].startswith(NET + "."), hosts
+    r = bridge_cli("exec", "server", "ping", "-c", "1", "-W", "5", "web")
+    assert r.code == 0, r.output
+    own = bridge_cli("exec", "web", "cat", "/etc/hosts", check=True).stdout
+    assert [ln.split()[1] for ln in own.splitlines() if ln.startswith(NET + ".")] == ["server"]
+    bridge_cli("rm", "-f", "web", check=True)
+    hosts = bridge_cli("exec", "server", "cat", "/etc/hosts", check=True).stdout
+    assert "web" not in hosts and "localhost" in hosts
+
+
 def test_outbound_traffic_is_masqueraded_to_the_host(bridge_cli):
     # a TCP server on the host's loopback is not reachable from the container, but one on the
     # bridge's gateway address is: the container has a default route through the bridge

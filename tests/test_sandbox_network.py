@@ -101,6 +101,38 @@ def test_extra_hosts_in_etc_hosts(image):
     assert "10.89.0.6\tcache.local" in lines
 
 
+def test_callers_hosts_file_is_seen_live(image, tmp_path):
+    # ProcessSpec.hosts_file: bind-mounted as /etc/hosts; rewritten in place by the caller while
+    # the sandbox runs, the change shows inside (runtime.launch does this when containers join)
+    hosts = tmp_path / "hosts"
+    hosts.write_text(runner.hosts_text("me", {}))
+    script = ("cat /etc/hosts; i=0; while ! grep -q late /etc/hosts; do i=$((i+1)); [ $i -gt 200 ] && exit 1; "
+              "sleep 0.05; done; grep late /etc/hosts")
+    import threading
+
+    def rewrite():
+        import time
+        time.sleep(0.5)
+        with open(hosts, "w") as f:  # same inode
+            f.write(runner.hosts_text("me", {"late": "10.89.0.9"}))
+
+    t = threading.Thread(target=rewrite)
+    t.start()
+    st, out, err = sh(image, script, hostname="me", hosts_file=hosts, extra_hosts={"ignored": "10.0.0.1"})
+    t.join()
+    assert st.code == 0, err
+    assert out.splitlines()[0] == "127.0.0.1\tlocalhost me" and "ignored" not in out
+    assert out.splitlines()[-1] == "10.89.0.9\tlate"
+
+
+def test_hosts_file_must_be_a_regular_file(image, tmp_path):
+    (tmp_path / "real").write_text("")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    for bad in (tmp_path / "link", tmp_path / "missing", tmp_path):
+        with pytest.raises(SandboxError, match="hosts file"):
+            sh(image, "true", hosts_file=bad)
+
+
 @pytest.mark.parametrize("hosts, msg", [
     ({"db": "not-an-ip"}, "is not an IP address"),
     ({"two words": "10.0.0.1"}, "invalid extra host name"),
