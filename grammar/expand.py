@@ -373,43 +373,57 @@ def expand_word(word: str, env: Mapping[str, str], *, escape: str = "\\") -> str
 
 
 # The common shapes of a word, read by regex instead of the character-by-character lexer: literal
-# text, '...' (kept as is), "..." holding literal text and plain references, and $NAME / ${NAME}.
+# text, '...' (kept as is), "..." holding literal text and references, and references: $NAME,
+# ${NAME}, and ${NAME-word} ${NAME:-word} ${NAME+word} ${NAME:+word} with a literal word.
 # Only for ASCII words without the escape character (non-ASCII letters can continue a name).
 # Possessive quantifiers: "$ABC" inside quotes must not be re-read as "$A" + "BC" when the quoted
 # part fails to match (that backtracking is exponential in the number of references).
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*+"
-_RE_SIMPLE_REF = re.compile(rf"\$(?:({_NAME})|\{{({_NAME})\}})")
-_RE_SIMPLE_TOKEN = re.compile(
-    rf"""([^'"$]+)|'([^']*)'|"((?:[^"$]++|\$(?:{_NAME}|\{{{_NAME}\}}))*+)"|\$({_NAME})|\$\{{({_NAME})\}}"""
+
+
+def _ref(group: str) -> str:
+    """A reference, with its name, name, operator and word in groups if ``group`` is ``"("``
+    (``"(?:"``: no groups).  The word is literal: the lexer reads quotes, "$" and the escape."""
+    return rf"""\$(?:{group}{_NAME})|\{{{group}{_NAME})(?:{group}:?[-+]){group}[^'"$}}]*+))?\}})"""
+
+
+_RE_SIMPLE_REF = re.compile(_ref("("))
+_RE_SIMPLE_TOKEN = re.compile(  # groups: the token; literal, single, double; then those of _ref
+    rf"""(([^'"$]++)|'([^']*+)'|"((?:[^"$]++|{_ref("(?:")})*+)"|{_ref("(")})"""
 )
 
 
-def _lookup(env: Mapping[str, str], name: str) -> str:
-    return env[name] if name in env else ""
+def _lookup(env: Mapping[str, str], name: str, op: str | None = None, word: str = "") -> str:
+    """The value of a reference (``op`` is the operator of ``${NAME<op>word}``, if any)."""
+    found = name in env
+    value = env[name] if found else ""
+    if not op:
+        return value
+    is_set = found and (value != "" or op[0] != ":")  # ":" makes an empty value count as unset
+    if op[-1] == "-":
+        return value if is_set else word
+    return word if is_set else ""
 
 
 def _expand_simple(word: str, env: Mapping[str, str]) -> str | None:
-    """``word`` expanded, or ``None`` if it has a shape only the lexer reads (an operator such as
-    ``${V:-x}``, ``$1``, ``$@``, a lone ``$``, an unterminated quote)."""
+    """``word`` expanded, or ``None`` if it has a shape only the lexer reads (another operator
+    such as ``${V:?x}`` or ``${V#x}``, ``$1``, ``$@``, a lone ``$``, an unterminated quote)."""
     out: list[str] = []
-    pos, n = 0, len(word)
-    match = _RE_SIMPLE_TOKEN.match
-    while pos < n:
-        m = match(word, pos)
-        if m is None:
-            return None
-        literal, single, double, name1, name2 = m.groups()
-        if literal is not None:
-            out.append(literal)
-        elif single is not None:
+    read = 0
+    for token, literal, single, double, name1, name2, op, default in _RE_SIMPLE_TOKEN.findall(word):
+        read += len(token)
+        first = token[0]
+        if first == "$":
+            out.append(_lookup(env, name1 or name2, op, default))
+        elif first == "'":
             out.append(single)
-        elif double is not None:
-            out.append(_RE_SIMPLE_REF.sub(lambda r: _lookup(env, r.group(1) or r.group(2)), double)
+        elif first == '"':
+            out.append(_RE_SIMPLE_REF.sub(lambda r: _lookup(env, r[1] or r[2], r[3], r[4]), double)
                        if "$" in double else double)
         else:
-            out.append(_lookup(env, name1 or name2))
-        pos = m.end()
-    return "".join(out)
+            out.append(literal)
+    # findall skips the characters where no token starts: all of ``word`` read means none did
+    return "".join(out) if read == len(word) else None
 
 
 def expand_words(text: str, env: Mapping[str, str], *, escape: str = "\\") -> list[str]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import NamedTuple
+from functools import partial
+from typing import Iterator, NamedTuple
 
 from .errors import DockerfileError
 
@@ -50,12 +51,17 @@ class LogicalLine(NamedTuple):  # a named tuple: one is built per instruction, t
         return line, col + (offset - start)
 
 
+# LogicalLine(...) goes through a Python-level __new__; the tuple constructor does not (one call
+# per instruction)
+_new_line = partial(tuple.__new__, LogicalLine)
+
+
 def _is_comment(line: str) -> bool:
     return line.lstrip().startswith("#")
 
 
 class LineReader:
-    """Iterate logical lines with :meth:`next_line`; read heredoc bodies with :meth:`read_heredoc`."""
+    """Iterate logical lines with :meth:`logical_lines`; read heredoc bodies with :meth:`read_heredoc`."""
 
     def __init__(self, text: str, filename: str = "Dockerfile") -> None:
         if text.startswith("\ufeff"):
@@ -103,28 +109,34 @@ class LineReader:
         return line, True
 
     # -- public ----------------------------------------------------------------------------------
-    def next_line(self) -> LogicalLine | None:
-        """Next logical (instruction) line, or ``None`` at end of file."""
+    def logical_lines(self) -> Iterator[LogicalLine]:
+        """The logical (instruction) lines, in order.
+
+        A generator (its locals persist from one line to the next, cheaper than a call per line);
+        each line is read from :attr:`pos` on, so what :meth:`read_heredoc` consumed is skipped.
+        """
         lines = self.lines
         n = len(lines)
+        escape = self.escape
         while self.pos < n:
             raw = lines[self.pos]
-            self.pos += 1
-            lineno = self.pos
+            self.pos = lineno = self.pos + 1
             stripped = raw.lstrip()
-            if not self._directives_done:
+            if not self._directives_done:  # (any line that is not a directive ends them)
                 self._directive(stripped, lineno)
-            if stripped.startswith("#"):
+                escape = self.escape
+            if stripped[:1] == "#" or not stripped:
                 continue
-            self._directives_done = True
             col = len(raw) - len(stripped) + 1
-            text, eol = self._trim_continuation(stripped)
-            if eol:
-                if text.strip() == "":
-                    continue
-                return LogicalLine(text, lineno, lineno, ((0, lineno, col),))
+            # _trim_continuation inlined: most lines do not continue, and this runs once per line
+            trimmed = stripped.rstrip(" \t")
+            if not trimmed.endswith(escape):
+                yield _new_line((stripped, lineno, lineno, ((0, lineno, col),), ()))
+                continue
+            text = trimmed[:-1]
             segments = [(0, lineno, col)]
             empty: list[int] = []
+            eol = False
             while not eol and self.pos < n:
                 raw = lines[self.pos]
                 self.pos += 1
@@ -136,10 +148,9 @@ class LineReader:
                 piece, eol = self._trim_continuation(raw)
                 segments.append((len(text), self.pos, 1))
                 text += piece
-            if text.strip() == "":
-                continue
-            return LogicalLine(text, lineno, self.pos, tuple(segments), tuple(empty))
-        return None
+            if text.strip() != "":
+                yield LogicalLine(text, lineno, self.pos, tuple(segments), tuple(empty))
+
     def read_heredoc(self, name: str, chomp: bool) -> tuple[str, int] | None:
         """Read a heredoc body up to its terminator line.
 

@@ -162,7 +162,10 @@ _JSON_PIECES = ['"a"', '"b c"', '"\\u00e9"', '"\\\\"', '"\\""', "1", "-2.5e3", "
 @given(st.lists(st.sampled_from(_JSON_PIECES), max_size=6), st.booleans())
 @example(pieces=["]", " "], close=False)  # "[] ": blanks after the array (lark skips them)
 def test_json_arrays_read_the_same_both_ways(pieces: list[str], close: bool) -> None:
-    text = "[" + "".join(pieces) + ("]" if close else "")
+    _assert_json_read_the_same_both_ways("[" + "".join(pieces) + ("]" if close else ""))
+
+
+def _assert_json_read_the_same_both_ways(text: str) -> None:
     results = []
     for engine in ("fast", "lark"):
         try:
@@ -185,6 +188,11 @@ _WORD_PIECES = list("$${}AB_1:-+?#%/ x'\"\\`é@") + ["$A", "${A}", "$B_1", '"$A 
 @settings(max_examples=600, deadline=None)
 @given(st.lists(st.sampled_from(_WORD_PIECES), max_size=10).map("".join), st.sampled_from(["\\", "`"]))
 def test_expand_word_shortcut_matches_the_lexer(word: str, escape: str) -> None:
+    _assert_shortcut_matches_lexer(word, escape)
+
+
+def _assert_shortcut_matches_lexer(word: str, escape: str) -> None:
+    """expand_word (regex shortcut where it applies) gives what the shell lexer gives, errors too."""
     env = {"A": "1", "B_1": "x y", "AB": "", "_": "u"}
 
     def run(fn):
@@ -252,3 +260,51 @@ def test_shortcut_regexes_do_not_backtrack_on_near_misses(text: str) -> None:
             return str(exc)
 
     assert run(lambda: expand_word(text, env)) == run(lambda: Lex("\\").process(text, env)[0])
+
+
+# ---- shortcuts added for bench/bench_parse.py (each against what it stands in for) -------------
+
+@pytest.mark.parametrize("text", [
+    "RUN x", "RUN  x", "RUN\tx", "RUN -x", "RUN --x", "RUN --x y", "RUN --x=1 -- --y z", "RUN -- ", "RUN --",
+    "RUN", "RUN ", "RUN\u00a0x", "RUN \u00a0x", "ÉTÉ x", "R2 x", "RUN x  ", "RUN --a='b c' --d=\"e\\\" f\" g",
+    "RUN --a='open", 'RUN --a="open', "RUN --a=\\", "  RUN --x  --  --y", "COPY --chown=1:1 --chmod=755 a b",
+    "RUN --x\t--y=\"1 2\"\x0b-- z", "RUN --x--y z", "RUN x--", "RUN \\", "--x y",
+])
+def test_scan_head_shortcuts_match_the_grammar(text: str) -> None:
+    from lark.exceptions import UnexpectedInput
+
+    try:
+        expected = P.scan_head_lark(text)
+    except UnexpectedInput:
+        expected = None
+    assert P.scan_head(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    '["a"]', '[ "a" , "b" ]', '["a"]\x0c', '[\x0b"a"]', '["a",]', "[NaN]", '["a", null]', '["a"] x', "[]",
+    '["\\u00e9\\n\\"", "\\ud800"]', '["a\x01"]', "['a']", '[["a"]]', '["a"] ]', "[ -f x ]",
+])
+def test_json_decoder_shortcut_matches_the_grammar(text: str) -> None:
+    _assert_json_read_the_same_both_ways(text)
+
+
+def test_json_shortcut_survives_deep_nesting() -> None:
+    assert P.json_string_array("[" * 100_000, "fast") is None  # the C decoder's RecursionError
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list(" \t\x0b\x0c\r\x1c\x85\u00a0é/a1")), max_size=20))
+def test_blank_split_shortcut_matches_buildkit_split(text: str) -> None:
+    stripped = text.strip()
+    assert P._ws_split(text) == (P._RE_WS.split(stripped) if stripped else [])
+
+
+_OPERATOR_PIECES = [*_WORD_PIECES, "${A-x}", "${AB:-}", "${AB-y}", "${A:+p q}", "${C+z}", "${AB:+w}", "${A:-{}",
+                    "${A:-'q'}", '${A:-"q"}', "${A:-$B_1}", "${A:-x}}", "${_:-u}", "${A:?e}", "${A#1}", "${A:-\\}"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_OPERATOR_PIECES), max_size=8).map("".join), st.sampled_from(["\\", "`"]))
+@example(word='"${A:-x} ${AB:-y} ${C+z}"', escape="\\")
+def test_expand_word_operator_shortcut_matches_the_lexer(word: str, escape: str) -> None:
+    _assert_shortcut_matches_lexer(word, escape)
