@@ -188,7 +188,9 @@ def test_two_endpoints_talk_by_ip_and_by_name(image, bridge):
     code, out, err = sh(image, f"ping -c 1 -W 5 {one.ip} && ping -c 1 -W 5 one", two)
     assert code == 0, out + err
     # TCP by name: one listens once, two connects (retrying until the listener is up)
-    server = in_background(image, "echo hello-from-one | nc -l -p 5000", one)
+    # -e: the reply does not depend on when `echo` runs (with `echo ... | nc -l`, a loaded machine
+    # could let the client's EOF reach nc before echo's line did, and nc closed without it)
+    server = in_background(image, "nc -l -p 5000 -e echo hello-from-one", one)
     code, out, err = sh(image, "for i in $(seq 100); do nc one 5000 </dev/null && exit 0; sleep 0.1; done; exit 1",
                         two)
     server.join()

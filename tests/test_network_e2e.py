@@ -87,7 +87,7 @@ def test_published_httpd_fetched_from_the_host(bridge_cli, tmp_path):
 
 def test_two_containers_talk_over_the_bridge_by_name(bridge_cli):
     bridge_cli("run", "-d", "--name", "server", "busybox:latest", "sh", "-c",
-               "while true; do echo hello-over-the-bridge | nc -l -p 5000; done", check=True)
+               "nc -ll -p 5000 -e echo hello-over-the-bridge", check=True)  # see test_network.py
     r = bridge_cli("run", "--rm", "busybox:latest", "sh", "-c",
                    "grep -w server /etc/hosts && ping -c 1 -W 5 server >/dev/null && "
                    "for i in $(seq 300); do nc server 5000 </dev/null && exit 0; sleep 0.05; done; exit 1")
