@@ -184,7 +184,7 @@ def content_manifest(view: LayeredView, sources: list[Source],
             h = hashlib.sha256()
             _hash_entry(h, rel, entry, getattr(src_view, "file_digest", None))
             if src.parents:  # where it lands is part of what COPY --parents writes
-                h.update(f"{src.dest_rel}\0".encode())
+                h.update(_b(f"{src.dest_rel}\0"))
             path = entry.path.strip("/")  # a directory source yields its children: their own paths
             out.append((src.pattern, path, h.hexdigest()))
     return out
@@ -194,7 +194,7 @@ def content_digest(manifest: list[tuple[str, str, str]]) -> str:
     """The content part of a COPY's cache key, from its `content_manifest`."""
     h = hashlib.sha256()
     for pattern, path, digest in manifest:
-        h.update(f"{pattern}\0{path}\0{digest}\n".encode())
+        h.update(_b(f"{pattern}\0{path}\0{digest}\n"))
     return "sha256:" + h.hexdigest()
 
 
@@ -255,9 +255,15 @@ def file_sha256(entry: Entry) -> str:
     return h.hexdigest()
 
 
+def _b(text: str) -> bytes:
+    """A path (or text holding paths) as the bytes it names: a file name that is not UTF-8 comes
+    from os.* as lone surrogates (PEP 383), which plain .encode() refuses."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _hash_entry(h, rel: str | None, entry: Entry, file_digest=None) -> None:
     st = entry.st
-    h.update(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
+    h.update(_b(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode):o}\0"))
     if stat.S_ISREG(st.st_mode):
         h.update(f"{st.st_size}\0".encode())
         if file_digest is not None:  # the build context remembers its files' digests (builder/context.py)
@@ -267,7 +273,7 @@ def _hash_entry(h, rel: str | None, entry: Entry, file_digest=None) -> None:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
     elif stat.S_ISLNK(st.st_mode):
-        h.update(os.readlink(entry.real).encode() + b"\0")
+        h.update(_b(os.readlink(entry.real)) + b"\0")
     elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         h.update(f"{st.st_rdev}\0".encode())
 

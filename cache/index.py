@@ -391,6 +391,8 @@ class CacheIndex:
     def file_digests(self, directory: str) -> dict[str, tuple[FileStamp, str]]:
         """Every cached (stamp, digest) for files under the absolute ``directory``, by path."""
         prefix = directory.rstrip("/") + "/"
+        if not _storable(prefix):
+            return {}
         upper = prefix[:-1] + chr(ord("/") + 1)  # every path starting with prefix sorts below this
         rows = self._conn().execute(
             "SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest FROM context_files "
@@ -399,7 +401,7 @@ class CacheIndex:
 
     def put_file_digests(self, items: Iterable[tuple[FileStamp, str]]) -> None:
         """Remember digests of files (one transaction); a path's older entry is replaced."""
-        rows = [(s.path, s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns, d) for s, d in items]
+        rows = [(s.path, s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns, d) for s, d in items if _storable(s.path)]
         if not rows:
             return
         with self._write(self._conn()) as c:
@@ -423,7 +425,7 @@ class CacheIndex:
 
     def forget_files(self, paths: Iterable[str]) -> int:
         """Drop the remembered digests of ``paths`` (one transaction); returns how many were given."""
-        rows = [(p,) for p in paths]
+        rows = [(p,) for p in paths if _storable(p)]
         if rows:
             with self._write(self._conn()) as c:
                 c.executemany("DELETE FROM context_files WHERE path = ?", rows)
@@ -463,3 +465,13 @@ class CacheIndex:
             c.executemany(f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                           rows)
         shutil.rmtree(legacy, ignore_errors=True)
+
+
+def _storable(path: str) -> bool:
+    """Whether ``path`` fits the TEXT column: a file name that is not UTF-8 (lone surrogates from
+    os.*, PEP 383) does not, so its digest is not remembered and is computed on each build."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

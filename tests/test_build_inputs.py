@@ -136,3 +136,27 @@ def test_context_tar_with_a_device_file_says_so(cli, tmp_path):
     assert res.code == 2
     assert "not a usable tar: it holds a device file ('dev/null'), which a build context may not" in res.stderr
     assert "isblk" not in res.stderr
+
+
+def test_context_file_names_that_are_not_utf8_are_copied_byte_for_byte(cli, tmp_path):
+    # a Latin-1 name from an old archive: BuildKit copies it as is; it used to end in a traceback
+    # (hashing and the context-digest cache encoded names as strict UTF-8)
+    import os
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY . /ctx/\n")
+    with open(os.path.join(os.fsencode(ctx), b"caf\xe9.txt"), "w") as f:
+        f.write("x")
+    os.symlink(b"t\xfe", os.path.join(os.fsencode(ctx), b"ln\xfe"))
+    first = cli("build", "--progress", "plain", "-t", "latin1", str(ctx))
+    assert first.code == 0, first.output
+    again = cli("build", "--progress", "plain", "-t", "latin1", str(ctx), check=True)
+    assert "#2 CACHED" in again.stderr
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pybuild", "run", "--rm", "--network", "none", "latin1", "sh", "-c",
+                          'for f in /ctx/*; do echo "$f"; done; readlink /ctx/ln*'],
+                         env=cli.env(), capture_output=True, check=True, timeout=120).stdout  # bytes
+    assert out == b"/ctx/Dockerfile\n/ctx/caf\xe9.txt\n/ctx/ln\xfe\nt\xfe\n"
