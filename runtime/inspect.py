@@ -5,7 +5,7 @@ from __future__ import annotations
 from .containers import Container
 from .options import signal_name
 
-__all__ = ["describe_container"]
+__all__ = ["describe_container", "published_ports", "ports_map"]
 
 
 def describe_container(c: Container) -> dict:
@@ -55,9 +55,28 @@ def describe_container(c: Container) -> dict:
             "NanoCpus": int(((cfg.get("Resources") or {}).get("Cpus") or 0) * 1e9),
             "PidsLimit": (cfg.get("Resources") or {}).get("PidsLimit"),
         },
-        "NetworkSettings": {"IPAddress": st.get("IPAddress", "")},
+        "NetworkSettings": {"IPAddress": st.get("IPAddress", ""), "Ports": ports_map(published_ports(st))},
         "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": str(c.upper), "WorkDir": str(c.work)}},
     }
+
+
+def published_ports(st: dict) -> list[dict]:
+    """The host ports a container publishes, as docker's API lists them (``{"IP", "PrivatePort",
+    "PublicPort", "Type"}``, an ephemeral port resolved): those recorded at its start, none once
+    it is no longer running (docker releases them at the exit)."""
+    if st.get("Status") != "running":
+        return []
+    return [p for p in st.get("Ports") or [] if isinstance(p, dict)]
+
+
+def ports_map(ports: list[dict]) -> dict[str, list[dict]]:
+    """docker inspect's ``NetworkSettings.Ports``: ``{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort":
+    "48581"}]}``, keys in port order, the bindings of one key in publishing order."""
+    out: dict[str, list[dict]] = {}
+    for p in sorted(ports, key=lambda p: (p["PrivatePort"], p["Type"])):  # stable: -p order within a key
+        out.setdefault(f"{p['PrivatePort']}/{p['Type']}", []).append(
+            {"HostIp": p["IP"], "HostPort": str(p["PublicPort"])})
+    return out
 
 
 def _stop_signal(value) -> str | None:

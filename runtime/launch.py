@@ -260,7 +260,11 @@ def execute(store, c: Container, lowerdirs: list[Path], *, stdin: int | None, st
             _write_hosts(c, endpoint.hosts)
             # ... and this container joins the /etc/hosts of the others (theirs are rewritten)
             network.update_hosts(store.root, _hosts_writer(store.root))
-            c.set_state(IPAddress=str(endpoint.ip))
+            # the host ports as published (an ephemeral one resolved), in docker's API shape: what
+            # ps, inspect (NetworkSettings.Ports) and port show while the container runs
+            c.set_state(IPAddress=str(endpoint.ip),
+                        Ports=[{"IP": p.host_ip or "0.0.0.0", "PrivatePort": p.container_port,
+                                "PublicPort": p.host_port, "Type": p.protocol} for p in endpoint.ports])
         c.set_state(Status="running", SupervisorPid=os.getpid(), StartedAt=now_rfc3339(), ExitCode=0,
                     OOMKilled=False, Error="")
         try:

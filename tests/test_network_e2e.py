@@ -169,3 +169,83 @@ def test_bad_publish_value_is_a_usage_error(bridge_cli):
     r = bridge_cli("run", "--rm", "-p", "80/sctp", "busybox:latest", "true")
     assert r.code == 125
     assert "80/sctp" in r.stderr and "tcp or udp" in r.stderr
+
+
+def _ps_column(out: str, name: str, column: str) -> str:
+    """The ``column`` cell of container ``name``'s row in `ps` output (cells sit under their headers)."""
+    lines = out.splitlines()
+    header = lines[0]
+    start = header.index(column)
+    following = [header.index(h) for h in ("IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")
+                 if header.index(h) > start]
+    end = min(following) if following else None
+    rows = [ln for ln in lines[1:] if ln.rstrip().endswith("   " + name)]
+    assert len(rows) == 1, out
+    return rows[0][start:end].strip()
+
+
+def test_ephemeral_published_port_is_shown_and_reachable(bridge_cli, tmp_path):
+    # `-p 80` picks a free host port: ps, inspect and port show it as docker does, and it serves
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("through an ephemeral port\n")
+    cid = bridge_cli("run", "-d", "--name", "web", "-p", "80", "-p", "127.0.0.1:18081:81/udp",
+                     "-v", f"{www}:/www:ro", "busybox:latest", "httpd", "-f", "-p", "80", "-h", "/www",
+                     check=True).stdout.strip()
+    leases = _host_state()[3]
+    tcp = [p for p in leases[cid]["ports"] if p["protocol"] == "tcp"]
+    assert len(tcp) == 1 and tcp[0]["container_port"] == 80
+    hp = tcp[0]["host_port"]
+
+    ports = _ps_column(bridge_cli("ps", check=True).stdout, "web", "PORTS")
+    assert ports == f"0.0.0.0:{hp}->80/tcp, 127.0.0.1:18081->81/udp"
+    info = json.loads(bridge_cli("inspect", "web", check=True).stdout)[0]
+    assert info["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(hp)}],
+                                                "81/udp": [{"HostIp": "127.0.0.1", "HostPort": "18081"}]}
+    assert info["HostConfig"]["PortBindings"] == ["80", "127.0.0.1:18081:81/udp"]  # what was asked
+    assert bridge_cli("port", "web", check=True).stdout == \
+        f"80/tcp -> 0.0.0.0:{hp}\n81/udp -> 127.0.0.1:18081\n"
+    assert bridge_cli("port", "web", "80", check=True).stdout == f"0.0.0.0:{hp}\n"
+    assert bridge_cli("port", cid[:12], "81/udp", check=True).stdout == "127.0.0.1:18081\n"
+    r = bridge_cli("port", "web", "81")  # 81/tcp is not published
+    assert r.code == 1 and "No public port '81' published for web" in r.stderr and not r.stdout
+    assert _fetch(f"http://127.0.0.1:{hp}/") == "through an ephemeral port\n"
+
+
+def test_exited_container_shows_no_ports(bridge_cli):
+    bridge_cli("run", "-d", "--name", "web", "-p", "80", "-p", "127.0.0.1:18082:80", "busybox:latest",
+               "true", check=True)
+    for _ in range(300):
+        if json.loads(bridge_cli("inspect", "web", check=True).stdout)[0]["State"]["Status"] == "exited":
+            break
+        time.sleep(0.05)
+    assert _ps_column(bridge_cli("ps", "-a", check=True).stdout, "web", "PORTS") == ""
+    info = json.loads(bridge_cli("inspect", "web", check=True).stdout)[0]
+    assert info["State"]["Status"] == "exited" and info["NetworkSettings"]["Ports"] == {}
+    assert info["HostConfig"]["PortBindings"] == ["80", "127.0.0.1:18082:80"]
+    r = bridge_cli("port", "web")
+    assert r.code == 0 and r.stdout == ""
+    r = bridge_cli("port", "web", "80/tcp")
+    assert r.code == 1 and "No public port '80/tcp' published for web" in r.stderr
+
+
+def test_ps_ports_column_is_dockers():
+    # docker's DisplayablePorts: sorted by container port, host IP, host port, protocol; runs of
+    # ports published under their own number grouped into ranges, other mappings one by one
+    from pybuild.commands.ps import ports_text
+
+    def port(ip, public, private, proto="tcp"):
+        return {"IP": ip, "PublicPort": public, "PrivatePort": private, "Type": proto}
+
+    assert ports_text([]) == ""
+    assert ports_text([port("0.0.0.0", 48581, 80)]) == "0.0.0.0:48581->80/tcp"
+    assert ports_text([port("127.0.0.1", 8080, 80)]) == "127.0.0.1:8080->80/tcp"
+    assert ports_text([port("0.0.0.0", 8001, 8001), port("0.0.0.0", 8000, 8000)]) == \
+        "0.0.0.0:8000-8001->8000-8001/tcp"
+    assert ports_text([port("0.0.0.0", 8000, 80), port("0.0.0.0", 8001, 81)]) == \
+        "0.0.0.0:8000->80/tcp, 0.0.0.0:8001->81/tcp"
+    assert ports_text([port("1.2.3.4", 9998, 9998, "udp"), port("1.2.3.4", 9999, 9999, "udp"),
+                       port("1.2.3.4", 9000, 9000, "udp")]) == \
+        "1.2.3.4:9000->9000/udp, 1.2.3.4:9998-9999->9998-9999/udp"
+    assert ports_text([port("0.0.0.0", 5353, 53, "udp"), port("0.0.0.0", 5353, 53, "tcp")]) == \
+        "0.0.0.0:5353->53/tcp, 0.0.0.0:5353->53/udp"

@@ -30,6 +30,7 @@ def status_text(state: dict) -> str:
 def run(args, store_factory) -> int:
     from pybuild.commands._format import ago, table
     from pybuild.commands.run import open_runtime
+    from pybuild.runtime.inspect import published_ports
 
     _, containers = open_runtime(store_factory)
     rows = []
@@ -39,7 +40,7 @@ def run(args, store_factory) -> int:
             continue
         cmd = command_text(c.config.get("Args") or [], not args.no_trunc)
         rows.append((c.id if args.no_trunc else c.id[:12], c.config.get("Image", ""), cmd,
-                     ago(c.config.get("Created")), status_text(st), ", ".join(c.config.get("Ports") or []),
+                     ago(c.config.get("Created")), status_text(st), ports_text(published_ports(st)),
                      c.name))
     if args.quiet:
         for r in rows:
@@ -47,6 +48,38 @@ def run(args, store_factory) -> int:
         return 0
     print(table([("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"), *rows]))
     return 0
+
+
+def ports_text(ports: list[dict]) -> str:
+    """docker ps's PORTS (the client's DisplayablePorts) from API ports ``{"IP", "PrivatePort",
+    "PublicPort", "Type"}``: sorted by container port, host IP, host port and protocol; ports
+    published under their own number (or not at all) grouped into runs, ``0.0.0.0:8000-8001->
+    8000-8001/tcp``; any other mapping alone, after those, ``127.0.0.1:8080->80/tcp``."""
+    groups: dict[str, list[int]] = {}  # key "IP/proto" (or "proto") -> [first, last], in creation order
+    result, mappings = [], []
+
+    def form(key: str, first: int, last: int) -> str:
+        ip, _, proto = key.rpartition("/")
+        ports = str(first) if first == last else f"{first}-{last}"
+        return f"{ip}:{ports}->{ports}/{proto}" if ip else f"{ports}/{proto}"
+
+    for p in sorted(ports, key=lambda p: (p["PrivatePort"], p.get("IP", ""), p.get("PublicPort", 0), p["Type"])):
+        cur, key = p["PrivatePort"], p["Type"]
+        if p.get("IP"):
+            if p["PublicPort"] != cur:
+                mappings.append(f"{p['IP']}:{p['PublicPort']}->{cur}/{p['Type']}")
+                continue
+            key = f"{p['IP']}/{p['Type']}"
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [cur, cur]
+        elif cur == g[1] + 1:
+            g[1] = cur
+        else:  # a gap: the run so far is done, a new one starts (docker's order)
+            result.append(form(key, *g))
+            groups[key] = [cur, cur]
+    result += [form(key, *g) for key, g in groups.items()]
+    return ", ".join(result + mappings)
 
 
 def command_text(argv: list[str], trunc: bool) -> str:
