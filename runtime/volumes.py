@@ -21,9 +21,11 @@ from typing import Callable, Iterator
 
 from pybuild.errors import PybuildError
 
-__all__ = ["VolumeError", "VolumeStore", "VOLUME_NAME_RE", "seed_from_image"]
+__all__ = ["ANONYMOUS_LABEL", "VolumeError", "VolumeStore", "VOLUME_NAME_RE", "seed_from_image"]
 
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")  # docker's local volume name rule
+ANONYMOUS_LABEL = "com.docker.volume.anonymous"  # docker 23+ marks anonymous volumes with this label
+_ANONYMOUS_MARK = "anonymous"  # ``volumes/<name>/anonymous``: an empty file, next to ``_data``
 
 
 class VolumeError(PybuildError):
@@ -57,10 +59,11 @@ class VolumeStore:
     def exists(self, name: str) -> bool:
         return self.data(name).is_dir()
 
-    def ensure(self, name: str, seed: Callable[[Path], None] | None = None) -> Path:
+    def ensure(self, name: str, seed: Callable[[Path], None] | None = None, *, anonymous: bool = False) -> Path:
         """The volume's data dir, created if missing (then ``seed(data_dir)`` fills it, e.g.
         with the image's content at the mount point).  Idempotent; safe against concurrent
-        callers; a failed seed leaves no volume."""
+        callers; a failed seed leaves no volume.  ``anonymous`` marks a volume this call creates
+        as anonymous (``-v /path``, an image's VOLUME): only those go with ``volume prune``."""
         data = self.data(name)
         if data.is_dir():
             return data
@@ -71,6 +74,8 @@ class VolumeStore:
             try:
                 (tmp / "_data").mkdir(parents=True, mode=0o755)
                 os.chmod(tmp, 0o701)
+                if anonymous:
+                    (tmp / _ANONYMOUS_MARK).touch(0o600)
                 if seed is not None:
                     seed(tmp / "_data")
                 os.rename(tmp, self.base / name)
@@ -78,6 +83,12 @@ class VolumeStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         return data
+
+    def is_anonymous(self, name: str) -> bool:
+        """Was the volume created anonymous?  Volumes made before the mark existed count as named
+        (as docker treats volumes older than its label), so prune without --all keeps them."""
+        self.check_name(name)
+        return (self.base / name / _ANONYMOUS_MARK).is_file()
 
     def list(self) -> list[str]:
         try:

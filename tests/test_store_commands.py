@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pybuild.cache import gc
+from pybuild.cache.content import BlobInfo
 from pybuild.cache.index import CacheRecord
 from pybuild.cache.layers import write_layer
 from pybuild.oci.archive import import_rootfs
@@ -208,11 +209,24 @@ def test_rmi_by_id_with_tags_in_several_repositories_needs_force(tmp_path, store
         ["Untagged: one:1", "Untagged: one:2", "Untagged: two:1", f"Deleted: {image_id}"])
     assert store.images.list() == [] and not blob_file(store, d).exists()
 
-    # tags in one repository only: by id without -f removes them all (docker does too)
+    # two tags of one repository: by id still needs -f (docker 23+'s isSingleReference); by name
+    # only that tag goes
     d = imp(store, tree(tmp_path, "y", {"y": "y"}), "solo:1")
+    solo_id = load_image(store.content, d).id
     pyb(store.root, "tag", "solo:1", "solo:2")
-    r = pyb(store.root, "rmi", load_image(store.content, d).id)
-    assert r.returncode == 0 and store.images.list() == []
+    r = pyb(store.root, "rmi", solo_id)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.strip() == (f"ERROR: conflict: unable to delete {solo_id.split(':')[1][:12]} (must be forced) "
+                                "- image is referenced in multiple repositories")
+    assert r.stdout == "" and sorted(str(ref) for ref, _ in store.images.list()) == ["solo:1", "solo:2"]
+    r = pyb(store.root, "rmi", "solo:2")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["Untagged: solo:2"]
+    # one tag plus a pull-by-digest name of the same repository: one reference, goes without -f
+    store.images.pin(f"solo@{d}", BlobInfo(d, store.content.size(d)))
+    r = pyb(store.root, "rmi", solo_id.split(":")[1][:12])
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == sorted(["Untagged: solo:1", f"Untagged: solo@{d}", f"Deleted: {solo_id}"])
+    assert store.images.list() == [] and not blob_file(store, d).exists()
 
 
 def test_rmi_keeps_layers_of_cache_records_and_prune_clears_them(tmp_path, store):

@@ -84,6 +84,22 @@ def _options(args):
     return older_than, keep
 
 
+def confirm(warning: str) -> bool:
+    """docker's prompt before a prune: ``warning``, then "Are you sure you want to continue? [y/N]"
+    on stdout, and one line read from stdin; only y or yes is yes.  End of input (stdin closed or
+    /dev/null: no answer) is no, and says so on stderr.  A "no" exits 0, as docker's does.  Shared
+    by `prune` and `volume prune`."""
+    import sys
+
+    print(f"{warning}\nAre you sure you want to continue? [y/N] ", end="", flush=True)
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line:  # end of input: end the prompt's line, say nothing was done
+        print(flush=True)
+        print("no answer: nothing removed (use -f to prune without asking)", file=sys.stderr)
+        return False
+    return line.strip().lower() in ("y", "yes")
+
+
 def run(args, store_factory) -> int:
     import sys
 
@@ -97,15 +113,7 @@ def run(args, store_factory) -> int:
     older_than, keep_bytes = _options(args)
     if not args.force:
         what = "all build cache" if args.all else "build cache not used by any image"
-        print(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ",
-              end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:  # end of input (stdin closed): end the prompt's line, say nothing was done;
-            print(flush=True)  # exit 0 as docker's prompt does (no answer is "no")
-            print("no answer: nothing removed (use -f to prune without asking)", file=sys.stderr)
-            return 0
-        answer = line.strip().lower()
-        if answer not in ("y", "yes"):
+        if not confirm(f"WARNING! This will remove {what}."):
             return 0
     store = store_factory()
 

@@ -9,10 +9,10 @@ NAME = "rmi"
 def add_parser(sub) -> None:
     p = sub.add_parser("rmi", help="remove one or more images",
                        description="Like docker rmi: NAME[:TAG] removes that tag; an image id (prefix) "
-                                   "or digest removes the image with all its tags (-f needed when they "
-                                   "are in several repositories). Blobs and snapshots no image or "
+                                   "or digest removes the image with its name (-f needed when it has "
+                                   "more than one tag, as docker 23+ does). Blobs and snapshots no image or "
                                    "build-cache record uses are then deleted.")
-    p.add_argument("-f", "--force", action="store_true", help="remove an image id with tags in several repositories")
+    p.add_argument("-f", "--force", action="store_true", help="remove an image id that has several tags")
     p.add_argument("--no-prune", action="store_true", help="untag only; leave unreferenced blobs")
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
@@ -75,6 +75,21 @@ def _check_not_in_use(store, name: str, manifest_digest: str, image_id: str | No
     return bool(users)
 
 
+def _single_reference(names: list[str]) -> bool:
+    """docker's isSingleReference: at most one tag, and digest references (``name@sha256:..``, a
+    pull by digest) only in that tag's repository.  An image id removes all the names of such an
+    image; any other needs -f ("image is referenced in multiple repositories", even for two tags
+    of one repository, as docker 23+ says)."""
+    def repo(n: str) -> str:
+        return n.split("@", 1)[0] if "@" in n else n.rpartition(":")[0]
+
+    tags = [n for n in names if "@" not in n]
+    if len(tags) > 1:
+        return False
+    pinned = {repo(n) for n in names if "@" in n}
+    return not pinned or pinned == {repo(tags[0] if tags else names[0])}
+
+
 def _remove_one(store, text: str, force: bool, out: list[str]) -> None:
     from pybuild.errors import PybuildError
     from pybuild.oci.reference import InvalidReference, parse_reference
@@ -105,8 +120,7 @@ def _remove_one(store, text: str, force: bool, out: list[str]) -> None:
     image_id = _image_id(store, digest)
     pred = _same_image(store, digest, image_id)
     names = sorted({n for e in store.images.entries() if pred(e) and (n := _ref_name(e))})
-    repos = {n.rpartition(":")[0] for n in names}
-    if len(repos) > 1 and not force:
+    if names and not force and not _single_reference(names):
         short = (image_id or digest).split(":", 1)[1][:12]
         raise PybuildError(f"conflict: unable to delete {short} (must be forced) - "
                            "image is referenced in multiple repositories")

@@ -146,7 +146,8 @@ def _mounts_config(reqs, store, lowerdirs, image_volumes) -> list[dict]:
             entry["Source"] = r.source
         elif r.type == "volume":
             name = r.source or secrets.token_hex(32)
-            vols.ensure(name, seed=lambda dest, t=r.target: seed_from_image(lowerdirs, t, dest))
+            vols.ensure(name, seed=lambda dest, t=r.target: seed_from_image(lowerdirs, t, dest),
+                        anonymous=r.source is None)
             entry.update(Source=name, Name=name, Anonymous=r.source is None)
         else:
             entry["Options"] = list(r.options)

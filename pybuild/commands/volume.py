@@ -15,8 +15,12 @@ def add_parser(sub) -> None:
     c.add_argument("name")
     r = vs.add_parser("rm", help="remove volumes no container uses")
     r.add_argument("names", nargs="+", metavar="VOLUME")
-    vs.add_parser("prune", help="remove every volume no container uses").add_argument(
-        "-f", "--force", action="store_true", help="accepted for docker compatibility (no prompt is shown)")
+    pr = vs.add_parser("prune", help="remove anonymous volumes no container uses (-a: named ones too)",
+                       description="Like docker volume prune (23+): removes the anonymous volumes (-v /path, an "
+                                   "image's VOLUME) no container uses; with -a, unused named volumes too. "
+                                   "Asks first unless -f.")
+    pr.add_argument("-a", "--all", action="store_true", help="also remove unused named volumes")
+    pr.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     i = vs.add_parser("inspect", help="show volumes as JSON")
     i.add_argument("names", nargs="+", metavar="VOLUME")
 
@@ -33,11 +37,17 @@ def run(args, store_factory) -> int:
 
     from pybuild.commands._format import table
     from pybuild.commands.run import open_runtime
-    from pybuild.runtime.volumes import VolumeError, VolumeStore
+    from pybuild.runtime.volumes import ANONYMOUS_LABEL, VolumeError, VolumeStore
 
+    cmd = args.volume_command
+    if cmd == "prune" and not args.force:
+        from .prune import confirm
+
+        what = "all local volumes" if args.all else "anonymous local volumes"
+        if not confirm(f"WARNING! This will remove {what} not used by at least one container."):
+            return 0
     store, containers = open_runtime(store_factory)
     vols = VolumeStore(store.root)
-    cmd = args.volume_command
     if cmd == "ls":
         names = vols.list()
         if args.quiet:
@@ -58,11 +68,14 @@ def run(args, store_factory) -> int:
                 failed = True
                 continue
             out.append({"Name": n, "Driver": "local", "Mountpoint": str(vols.data(n)), "Scope": "local",
+                        "Labels": {ANONYMOUS_LABEL: ""} if vols.is_anonymous(n) else {},
                         "UsedBy": users(containers, n)})
         print(json.dumps(out, indent=4))
         return 1 if failed else 0
     failed = False
-    names = args.names if cmd == "rm" else [n for n in vols.list() if not users(containers, n)]
+    # prune: docker 23+ removes only anonymous volumes unless --all (named ones hold data on purpose)
+    names = args.names if cmd == "rm" else [n for n in vols.list() if (args.all or vols.is_anonymous(n))
+                                            and not users(containers, n)]
     for n in names:
         try:
             vols.remove(n, users(containers, n))
