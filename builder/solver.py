@@ -604,14 +604,34 @@ class Solver:
             path = os.path.join(self._workdir_of(state), path)
         path = os.path.normpath(path)
         state.config["config"]["WorkingDir"] = path
+        user = state.config["config"].get("User") or ""
         definition = {"op": "WORKDIR", "path": path}
+        if user:  # the dirs it makes are the user's; only present when set, so root's keys stay as they were
+            definition["user"] = user
 
         def execute(step: Step) -> LayerBlob | None:
+            # As BuildKit's llb.Mkdir(wd, 0755, WithParents, WithUser(USER)): every directory made
+            # (parents too) belongs to USER; existing ones are left alone; a non-directory on the
+            # way fails this step ("mkdir /f: not a directory"), not the next RUN.
             view = LayeredView(self.store.snapshots.lowerdirs(state.layers))
-            existing = view.lookup(path)
-            if existing is not None:
+            try:
+                parts = view.resolve(path)
+                existing = _workdir_existing(view, parts)
+            except OSError as exc:
+                raise BuildError(f"WORKDIR {path}: {exc.strerror or exc}", location(ins)) from None
+            if existing == len(parts):
                 return None
-            return self._layer_from(lambda d: copyop.copy_to_layer(view, [], path + "/", image=view, layer_dir=d))
+            owner = _workdir_owner(view, user)
+
+            def fill(layer_dir: Path) -> None:
+                copyop._make_parents(view, layer_dir, parts[:existing], None)  # their metadata, unchanged
+                for i in range(existing + 1, len(parts) + 1):
+                    out = layer_dir.joinpath(*parts[:i])
+                    os.mkdir(out)
+                    os.chmod(out, 0o755)
+                    os.lchown(out, *owner)
+
+            return self._layer_from(fill)
 
         return Prepared(definition, execute, f"WORKDIR {path}")
 
@@ -1116,6 +1136,42 @@ def _feed(fd: int, data: bytes) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _workdir_existing(view: LayeredView, parts: list[str]) -> int:
+    """How many leading components of the resolved WORKDIR `parts` exist in the image (all
+    directories); OSError ENOTDIR, worded as BuildKit's, at the first that is not a directory."""
+    import stat as _stat
+
+    for i in range(1, len(parts) + 1):
+        prefix = "/" + "/".join(parts[:i])
+        entry = view.lookup(prefix, follow_final=False)
+        if entry is None:
+            return i - 1
+        if not _stat.S_ISDIR(entry.st.st_mode):
+            raise OSError(errno.ENOTDIR, f"mkdir {prefix}: not a directory")
+    return len(parts)
+
+
+def _workdir_owner(view: LayeredView, user: str) -> tuple[int, int]:
+    """uid, gid of the dirs a WORKDIR makes under USER `user`, resolved as BuildKit's file op does
+    (client/llb WithUser, solver/llbsolver/ops/user_linux.go readUser): a number is the uid and,
+    without a group, the gid too; "root" is 0; a name is looked up in the image's /etc/passwd
+    (its uid and gid) and a group name in /etc/group. A name not found is no error there: the
+    user falls back to 0:0, the group to the user's gid."""
+    name, _, group = user.partition(":")
+    if not name or name == "root":
+        uid = gid = 0
+    elif name.isdigit():
+        uid = gid = int(name)
+    else:
+        uid = _lookup_id(view, "/etc/passwd", name, 2)
+        gid = (_lookup_id(view, "/etc/passwd", name, 3) or 0) if uid is not None else 0
+        uid = uid or 0
+    if group:
+        found = 0 if group == "root" else _lookup_id(view, "/etc/group", group, 2)
+        gid = gid if found is None else found
+    return uid, gid
 
 
 def _lookup_id(view: LayeredView, path: str, name: str, field_index: int) -> int | None:

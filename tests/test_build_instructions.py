@@ -209,3 +209,48 @@ def test_prune_all_drops_step_logs(cli, tmp_path):
     assert any(p.read_text() == "logged\n" for p in logs.iterdir())
     cli("prune", "-a", "-f", check=True)
     assert not logs.exists()
+
+
+def test_workdir_made_after_user_is_owned_by_that_user(cli, tmp_path):
+    # BuildKit: llb.Mkdir(wd, 0755, WithParents, WithUser(USER)); every dir it makes belongs to
+    # the user (a bare uid gets gid = uid; an unknown name falls back to 0:0); existing dirs stay
+    res = _build(cli, tmp_path,
+                 "FROM busybox:latest\n"
+                 "USER 4321\n"
+                 "WORKDIR /num/sub\n"
+                 "RUN touch mine\n"
+                 "USER nobody\n"
+                 "WORKDIR /named\n"
+                 "USER 4321:daemon\n"
+                 "WORKDIR /grp\n"
+                 "USER ghost\n"
+                 "WORKDIR /ghost\n"
+                 "USER 4321:4321\n"
+                 "WORKDIR /tmp/kept\n"
+                 "USER root\n"
+                 "RUN stat -c '%n %u:%g %a' /num /num/sub /num/sub/mine /named /grp /ghost /tmp /tmp/kept\n")
+    assert res.code == 0, res.stderr
+    lines = re.findall(r"^#\d+ [\d.]+ (/\S* \d+:\d+ \d+)$", res.stderr, re.M)
+    # (RUN itself, as docker's, gives a uid without a passwd entry gid 0: only the mkdir uses gid = uid)
+    assert lines == ["/num 4321:4321 755", "/num/sub 4321:4321 755", "/num/sub/mine 4321:0 644",
+                     "/named 65534:65534 755", "/grp 4321:1 755", "/ghost 0:0 755",
+                     "/tmp 0:0 1777", "/tmp/kept 4321:4321 755"], res.stderr
+
+
+def test_workdir_key_includes_the_user(cli, tmp_path):
+    df = "FROM busybox:latest\nUSER {}\nWORKDIR /w\nRUN stat -c 'owner=%u' /w\n"
+    assert _build(cli, tmp_path, df.format(1000)).code == 0
+    res = _build(cli, tmp_path, df.format(2000))
+    assert res.code == 0, res.stderr
+    assert re.search(r"^#(\d+) \[2/3\] WORKDIR /w\n#\1 cache miss", res.stderr, re.M), res.stderr
+    assert "owner=2000" in res.stderr
+
+
+def test_workdir_onto_a_file_fails_at_the_workdir_line(cli, tmp_path):
+    for path, bad in (("/f", "/f"), ("/f/sub", "/f")):
+        res = _build(cli, tmp_path, f"FROM busybox:latest\nRUN touch /f\nWORKDIR {path}\nRUN pwd\n")
+        assert res.code == 1
+        assert f"Dockerfile:3:1: WORKDIR {path}: mkdir {bad}: not a directory" in res.stderr, res.stderr
+        assert re.search(r"^#(\d+) \[3/4\] WORKDIR .*\n(#\1 cache miss.*\n)?#\1 ERROR", res.stderr, re.M), res.stderr
+        assert "[4/4] RUN pwd" not in res.stderr and f">>> WORKDIR {path}" in res.stderr
+        assert "latest" in cli("images", check=True).stdout and not re.search(r"^t ", cli("images").stdout, re.M)
