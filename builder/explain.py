@@ -55,7 +55,10 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any],
         return "changed: " + ", ".join(_FIELD_NAMES.get(f, f) for f in fields)
     if old.get("content") != new.get("content"):
         return "copied content changed"
-    return "same inputs as its last build, but that result is no longer cached (pruned or removed)"
+    return SAME_INPUTS
+
+
+SAME_INPUTS = "same inputs as its last build, but that result is no longer cached (pruned or removed)"
 
 
 def _redacted(definition: dict) -> dict:
@@ -85,9 +88,15 @@ class MissExplainer:
             last = json.loads(self._path(parent_key, instruction).read_text())
         except (OSError, ValueError):
             return None
-        return describe_difference(last.get("definition") or {}, _redacted(definition), last.get("files"), files)
+        reason = describe_difference(last.get("definition") or {}, _redacted(definition), last.get("files"), files)
+        if reason == SAME_INPUTS and last.get("failed"):
+            return "same inputs as its last attempt, which failed or was stopped"
+        return reason
 
-    def remember(self, parent_key: str, instruction: str, definition: dict, files: dict[str, str] | None) -> None:
+    def remember(self, parent_key: str, instruction: str, definition: dict, files: dict[str, str] | None,
+                 *, failed: bool = False) -> None:
+        """Record the inputs of this step's last run here (``failed``: it did not produce a result)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"definition": _redacted(definition), "files": files}, sort_keys=True).encode()
+        data = json.dumps({"definition": _redacted(definition), "files": files, "failed": failed},
+                          sort_keys=True).encode()
         write_atomic(self._path(parent_key, instruction), data)

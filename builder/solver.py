@@ -553,10 +553,14 @@ class Solver:
         else:
             reason = skip_reason or self._miss_reason(state, ins, definition, files)
             self.reporter.step_miss(step, reason)
-            self.explainer.remember(state.key, ins.original, definition, files)
             started = time.monotonic()
-            with self._executing:
-                layer = execute(step)
+            try:
+                with self._executing:
+                    layer = execute(step)
+            except BaseException:  # the next build's miss reason must not claim a result was made
+                self.explainer.remember(state.key, ins.original, definition, files, failed=True)
+                raise
+            self.explainer.remember(state.key, ins.original, definition, files)
             record = CacheRecord(key=key, layer=layer, created=self._created_now(),
                                  duration_s=round(time.monotonic() - started, 3), description=label)
             self.store.index.put(key, record)

@@ -195,6 +195,14 @@ def test_pruned_step_says_its_result_is_gone(cli, tmp_path):
     assert "cache miss: same inputs as its last build, but that result is no longer cached" in res.stderr
 
 
+def test_retried_failed_step_says_its_last_attempt_failed(cli, tmp_path):
+    # not "no longer cached (pruned or removed)": nothing was pruned, the step never succeeded
+    df = "FROM busybox:latest\nRUN exit 3\n"
+    assert _build(cli, tmp_path, df, "bad:1").code != 0
+    res = _build(cli, tmp_path, df, "bad:1")
+    assert "#2 cache miss: same inputs as its last attempt, which failed or was stopped" in res.stderr, res.stderr
+
+
 def test_run_sees_its_own_hostname_and_cgroup_root(cli, tmp_path):
     res = _build(cli, tmp_path, "FROM busybox:latest\nRUN hostname; cat /proc/self/cgroup | cut -d: -f3 | sort -u\n")
     assert res.code == 0, res.stderr
