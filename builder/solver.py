@@ -91,6 +91,9 @@ class BuildOptions:
     context: Path
     dockerfile: ast.Dockerfile
     tags: list[str] = field(default_factory=list)
+    # no tags: record the image nameless in the store anyway (the default output); False when the
+    # image only goes to an archive, a directory or a registry
+    keep_untagged: bool = True
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
     no_cache: bool = False
@@ -1247,4 +1250,6 @@ def build(store: Store, reporter: Reporter, options: BuildOptions) -> ImageRecor
             export_build_cache(store, reporter, options.cache_to, solver)
         for tag in options.tags:
             store.images.tag(tag, record.manifest)
+        if not options.tags and options.keep_untagged:
+            store.images.keep_untagged(record.manifest)  # docker's <none> image: usable by its id
     return record

@@ -139,35 +139,55 @@ class ImageStore:
             raise InvalidReference(str(ref), "cannot tag with a digest reference; give name:tag")
         self._put_entry(ref.tagged, manifest, created)
 
-    def _put_entry(self, ref_name: str, manifest: BlobInfo, created: str | None) -> None:
-        """Write the index.json entry named ``ref_name`` for ``manifest`` (see :meth:`tag`)."""
+    def keep_untagged(self, manifest: BlobInfo, *, created: str | None = None) -> None:
+        """Record ``manifest`` with no name (docker's dangling ``<none>`` image: what a build
+        without ``-t`` makes), so its id and digest resolve and GC keeps it until ``rmi``.  A
+        manifest already in the index, named or not, is left as it is.  Same checks and
+        atomicity as :meth:`tag`."""
+        if any(e.get("digest") == manifest.digest for e in self._read_index()["manifests"]):
+            return
+        self._put_entry(None, manifest, created)
+
+    def untagged(self) -> list[str]:
+        """Manifest digests recorded without a name, oldest first."""
+        return [e["digest"] for e in self._read_index()["manifests"] if not self._ref_name(e) and e.get("digest")]
+
+    def _put_entry(self, ref_name: str | None, manifest: BlobInfo, created: str | None) -> None:
+        """Write the index.json entry named ``ref_name`` for ``manifest`` (see :meth:`tag`); with
+        ``ref_name`` None a nameless entry (see :meth:`keep_untagged`)."""
+        what = ref_name or f"untagged {manifest.digest}"
         if not self.content.exists(manifest.digest):
-            raise ImageStoreError(f"cannot tag {ref_name}: manifest blob {manifest.digest} is missing")
+            raise ImageStoreError(f"cannot tag {what}: manifest blob {manifest.digest} is missing")
         try:
             m = load_manifest(self.content, manifest.digest)
             config_digest = m["config"]["digest"]
             for d in [config_digest] + [layer["digest"] for layer in m.get("layers", [])]:
                 if not self.content.exists(d):
-                    raise ImageStoreError(f"cannot tag {ref_name}: blob {d} of {manifest.digest} is missing")
+                    raise ImageStoreError(f"cannot tag {what}: blob {d} of {manifest.digest} is missing")
             config = json.loads(self.content.read_bytes(config_digest))
         except (InvalidImage, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ImageStoreError(f"cannot tag {ref_name}: {e}") from e
+            raise ImageStoreError(f"cannot tag {what}: {e}") from e
         entry: dict = {
             "mediaType": m.get("mediaType", MEDIA_TYPE_MANIFEST),
             "digest": manifest.digest,
             "size": self.content.size(manifest.digest),
-            "annotations": {
-                ANNOTATION_REF_NAME: ref_name,
-                ANNOTATION_CREATED: created or rfc3339(),
-            },
+            "annotations": {ANNOTATION_CREATED: created or rfc3339()},
         }
+        if ref_name is not None:
+            entry["annotations"][ANNOTATION_REF_NAME] = ref_name
         if isinstance(config, dict) and config.get("architecture") and config.get("os"):
             entry["platform"] = {"architecture": config["architecture"], "os": config["os"]}
             if config.get("variant"):
                 entry["platform"]["variant"] = config["variant"]
         with self._locked():
             index = self._read_index()
-            manifests = [e for e in index["manifests"] if self._ref_name(e) != ref_name]
+            if ref_name is None:
+                if any(e.get("digest") == manifest.digest for e in index["manifests"]):
+                    return  # recorded meanwhile (named or not): nothing to add
+                manifests = index["manifests"]
+            else:  # the name moves here; a nameless entry of this manifest is not needed any more
+                manifests = [e for e in index["manifests"] if self._ref_name(e) != ref_name
+                             and (self._ref_name(e) or e.get("digest") != manifest.digest)]
             manifests.append(entry)
             index["manifests"] = manifests
             write_json_atomic(self.index_path, index)

@@ -124,11 +124,11 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     if wanted("load"):
         ld = sub.add_parser("load", help="load images from an OCI or docker archive (docker/podman save, skopeo)",
                             description="Example: pybuild load -i hello.tar")
-        ld.add_argument("-i", "--input", required=True, help="tarball to read (- for stdin)")
+        ld.add_argument("-i", "--input", help="tarball to read (default, or -: stdin)")
 
     if wanted("save"):
         s = sub.add_parser("save", help="write images to an OCI image-layout or docker-archive tarball")
-        s.add_argument("-o", "--output", required=True, help="tarball to write")
+        s.add_argument("-o", "--output", help="tarball to write (default, or -: stdout, which must not be a terminal)")
         s.add_argument("--format", choices=("oci", "docker"), default="oci",
                        help="oci (image layout, default) or docker (docker save / docker load format)")
         s.add_argument("images", nargs="+", help="NAME[:TAG]")
@@ -297,14 +297,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 125 if getattr(args, "command", None) == "run" else exc.exit_code
     except KeyboardInterrupt:
-        print("ERROR: interrupted: running steps were stopped, nothing was tagged", file=sys.stderr)
+        # the build's words only for a build; other commands stop quietly (`logs -f`, a prompt), as docker's
+        if getattr(args, "command", None) == "build":
+            print("ERROR: interrupted: running steps were stopped, nothing was tagged", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `pybuild history x | head`: the reader left; stop quietly, as docker does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Terminated:
-        print("ERROR: terminated: running steps were stopped, nothing was tagged", file=sys.stderr)
+        if getattr(args, "command", None) == "build":
+            print("ERROR: terminated: running steps were stopped, nothing was tagged", file=sys.stderr)
         return 143
+    except Exception as exc:  # a damaged store (a corrupt or missing blob): one line, no traceback;
+        # last, as BrokenPipeError is an Exception too
+        message = store_damage(exc)
+        if message is None:
+            raise
+        print(f"ERROR: {message}", file=sys.stderr)
+        return 125 if getattr(args, "command", None) == "run" else 1
+
+
+FSCK_HINT = "run `pybuild fsck --repair`"
+
+
+def store_damage(exc: BaseException) -> str | None:
+    """The one-line message for an error that means the store's own content is damaged (a blob
+    whose content no longer matches its digest, or one an image needs that is gone), naming the
+    blob and the repair; None for any other error.  Everyday commands let these reach `main`.
+    (Blobs that come in, by pull or load, are checked where they are written and reported there.)"""
+    content = sys.modules.get("pybuild.cache.content")  # not loaded: the error cannot be one of its
+    if content is None:
+        return None
+    if isinstance(exc, content.DigestMismatch):
+        return f"{exc}; {FSCK_HINT}"
+    if isinstance(exc, content.BlobNotFound):
+        return f"blob {exc.args[0] if exc.args else '?'} is missing from the store; {FSCK_HINT}"
+    return None
 
 
 class Terminated(BaseException):
@@ -565,6 +593,9 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
         print(f"ERROR: {exc}", file=sys.stderr)  # FILE:LINE:COL: message, then the line and a caret
         return 1
     output = _output_spec(args.output, args.tag) if args.output else None
+    for flag, path in (("--iidfile", args.iidfile), ("--metadata-file", args.metadata_file)):
+        if path:
+            _check_output_file(flag, path)  # before the build: a bad path must not fail it after tagging
     if args.pull not in ("always", "missing", "never"):
         raise UsageError(f"--pull={args.pull}: expected --pull, --pull=always, --pull=missing or --pull=never")
     if args.push and not args.tag:
@@ -582,6 +613,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
                            allow=frozenset(args.allow), compression=args.compression,
                            jobs=args.jobs or _config_jobs(), labels=labels, **_cache_options(args, dockerfile),
                            secrets=_secrets(args.secret), pull=args.pull,
+                           keep_untagged=output is None or output["type"] == "image",
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
     store = _store(args)
     store.clean_stale()
@@ -615,6 +647,23 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
     else:
         reporter.build_written(image_id, record.manifest.digest, args.tag)
     return 0
+
+
+def _check_output_file(flag: str, path: str) -> None:
+    """UsageError unless a file can be written atomically at ``path`` (a temp file in its
+    directory, then a rename: tried here, before the build, and removed at once)."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: directory {str(parent)!r} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".probe")
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot write in {str(parent)!r}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _cache_options(args, dockerfile) -> dict:
@@ -780,12 +829,25 @@ def _image_id(store, manifest_digest: str) -> str:
 def cmd_images(args) -> int:
     from pybuild.commands._format import ago, human_size, table
 
+    from pybuild.oci.image import load_image
+
     store = _store(args)
     rows = []
-    for ref, manifest_digest in store.images.list():
-        img = store.images.image(str(ref))
+    # tagged images, then the nameless ones (a build without -t: docker's <none> <none>)
+    listed = [(ref.name, ref.tag or "<none>", digest) for ref, digest in store.images.list()]
+    listed += [("<none>", "<none>", digest) for digest in store.images.untagged()]
+    for repository, tag, manifest_digest in listed:
+        try:
+            img = load_image(store.content, manifest_digest)
+        except Exception as exc:  # one broken image (a corrupt blob) must not hide the others
+            message = store_damage(exc)
+            if message is None:
+                raise
+            name = manifest_digest if repository == "<none>" else f"{repository}:{tag}"
+            print(f"WARNING: image {name} not listed: {message}", file=sys.stderr)
+            continue
         size = sum(layer.size for layer in img.layers)
-        row = [ref.name, ref.tag or "<none>", img.id.split(":", 1)[1][:12], ago(img.config.get("created")), human_size(size)]
+        row = [repository, tag, img.id.split(":", 1)[1][:12], ago(img.config.get("created")), human_size(size)]
         if args.digests:
             row.insert(2, manifest_digest)
         rows.append(tuple(row))
@@ -924,16 +986,30 @@ def cmd_load(args) -> int:
     from pybuild.oci.archive import ArchiveError
     from pybuild.oci.docker_archive import load_any
 
+    stdin = args.input in (None, "-")
+    if stdin and sys.stdin.isatty():  # docker's words
+        raise PybuildError("requested load from stdin, but stdin is empty (use -i FILE or redirect)")
     store = _store(args)
-    source = _input_source(args.input, "load", directory_ok=False)
+    source = _input_source(args.input or "-", "load", directory_ok=False)
     try:
         with build_lease(store.root):
             loaded = load_any(source, store.content, store.images)
     except (ArchiveError, DigestMismatch, LayerError, ValueError, OSError) as exc:
-        raise PybuildError(f"load {args.input}: {exc}") from None
+        raise PybuildError(f"load {'(stdin)' if stdin else args.input}: {exc}") from None
     for ref, digest in loaded:
         print(f"Loaded image: {ref}" if ref else f"Loaded image ID: {_image_id(store, digest)}")
     return 0
+
+
+@contextlib.contextmanager
+def _damaged_store_on_save():
+    """save only reads the store: an ArchiveError from it is a blob missing or corrupt there."""
+    from pybuild.oci.archive import ArchiveError
+
+    try:
+        yield
+    except ArchiveError as exc:
+        raise PybuildError(f"save: {exc}; {FSCK_HINT}") from None
 
 
 def cmd_save(args) -> int:
@@ -943,6 +1019,8 @@ def cmd_save(args) -> int:
     from pybuild.oci.reference import parse_reference
     from pybuild.oci.store import ImageNotFound
 
+    if args.output in (None, "-") and sys.stdout.isatty():  # docker's words
+        raise PybuildError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
     store = _store(args)
     images = []
     for name in args.images:
@@ -950,12 +1028,30 @@ def cmd_save(args) -> int:
             images.append((parse_reference(name), store.images.resolve(name)))
         except (ImageNotFound, ValueError) as exc:
             raise PybuildError(str(exc).strip('"')) from None
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise PybuildError(f"save -o {args.output}: directory {str(out.parent)!r} does not exist")
     save = save_docker_archive if args.format == "docker" else save_oci_archive
-    with build_lease(store.root):
-        save(store.content, images, out)
+    if args.output not in (None, "-"):
+        out = Path(args.output)
+        if not out.parent.is_dir():
+            raise PybuildError(f"save -o {args.output}: directory {str(out.parent)!r} does not exist")
+        with build_lease(store.root), _damaged_store_on_save():
+            save(store.content, images, out)
+        return 0
+    # stdout: the archive is made in the store's tmp/ first and copied out only when complete, so
+    # a failure (a corrupt blob) writes nothing; the file is unlinked before the copy (and the GC
+    # lease released), so nothing is left behind even if the copy is cut short
+    tmp_root = store.root / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with build_lease(store.root), _damaged_store_on_save():
+        tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="save-"))
+        try:
+            save(store.content, images, tmp / "archive.tar")
+            archive = open(tmp / "archive.tar", "rb")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with archive:
+        sys.stdout.flush()
+        shutil.copyfileobj(archive, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
     return 0
 
 

@@ -124,6 +124,41 @@ def test_images_lists_tag_with_id_size_created(cli, tmp_path):
     assert re.match(r"hello\s+1\.0\s+[0-9a-f]{12}\s+(Less than a second ago|About a minute ago|\d+ \w+ ago)\s+[\d.]+[kMG]?B$", row)
 
 
+def test_untagged_build_is_a_none_image_usable_by_its_id(cli, tmp_path):
+    # `docker run $(docker build -q .)`: the id printed by a build without -t must resolve
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo untagged-only > /u\n")
+    image_id = cli("build", "-q", str(tmp_path), check=True).stdout.strip()
+    assert image_id.startswith("sha256:")
+    short = image_id[7:19]
+    rows = [ln.split() for ln in cli("images", check=True).stdout.splitlines()]
+    assert ["<none>", "<none>", short] == rows[-1][:3]
+    for ref in (image_id, short):
+        assert cli("run", "--rm", "--network", "none", ref, "cat", "/u", check=True).stdout == "untagged-only\n"
+    assert cli("inspect", short, check=True).stdout.count(image_id) >= 1
+    cli("tag", short, "named:1", check=True)  # tagged now: no <none> row any more
+    assert "<none>" not in cli("images", check=True).stdout
+    cli("rmi", "named:1", check=True)
+    # an image that only goes to an archive is not kept in the store
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo tar-only > /t\n")
+    cli("build", "-q", "-o", f"type=tar,dest={tmp_path / 'fs.tar'}", str(tmp_path), check=True)
+    assert "<none>" not in cli("images", check=True).stdout
+    image_id = cli("build", "-q", str(tmp_path), check=True).stdout.strip()
+    assert cli("rmi", image_id[7:19], check=True).stdout.startswith("Deleted: ")
+    assert "<none>" not in cli("images", check=True).stdout
+
+
+@pytest.mark.parametrize("flag, path, message", [
+    ("--iidfile", "/nonexistent/dir/iid", "directory '/nonexistent/dir' does not exist"),
+    ("--iidfile", "/proc/version", "cannot write in '/proc'"),
+    ("--metadata-file", "/tmp", "is a directory"),
+])
+def test_unwritable_iidfile_or_metadata_file_fails_before_the_build(cli, tmp_path, flag, path, message):
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN true\n")
+    res = cli("build", "-t", "never", flag, path, str(tmp_path))
+    assert res.code == 2 and message in res.stderr and "Traceback" not in res.stderr, res.output
+    assert "never" not in cli("images", check=True).stdout
+
+
 def test_whiteout_of_a_file_deleted_in_a_later_run(cli, tmp_path):
     ctx = tmp_path / "wh"
     ctx.mkdir()

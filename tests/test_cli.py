@@ -68,7 +68,7 @@ def test_run_start_up_does_not_load_the_cache_index_or_archives(tmp_path):
     (["nosuchcmd"], "; a context must be an existing directory, - or a URL)"),
     (["build"], "the following arguments are required: PATH | URL | -"),
     (["build", "--network=bridge", "."], "invalid choice: 'bridge'"),
-    (["save", "hello:1.0"], "the following arguments are required: -o/--output"),
+    (["save", "-o", "x.tar"], "the following arguments are required: images"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     res = PybuildCLI(tmp_path / "store")(*args, cwd=tmp_path)
@@ -99,6 +99,54 @@ def test_save_then_load_into_an_empty_store_runs(cli, tmp_path):
     other = PybuildCLI(tmp_path / "other-store")
     assert "Loaded image: hello:1.0" in other("load", "-i", str(archive), check=True).stdout
     assert "Hello from pybuild" in other("run", "hello:1.0", check=True).stdout
+
+
+def test_save_load_and_export_use_stdout_and_stdin_by_default_and_with_dash(cli, tmp_path):
+    """As docker: `save IMG > x.tar` and `save -o - IMG` write stdout (refused on a terminal),
+    `load < x.tar` reads stdin, `export -o - IMG` is stdout (was: -o required, -i required, and a
+    file named "-")."""
+    import io
+    import pty
+
+    def pyb(*args, **kw):
+        kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
+        return subprocess.run([sys.executable, "-m", "pybuild", *args], env=cli.env(), **kw)
+
+    cli("tag", "busybox:latest", "hello:1.0", check=True)
+    for fmt in ("oci", "docker"):
+        (tmp_path / fmt).mkdir()
+        reference = tmp_path / fmt / "ref.tar"
+        cli("save", "--format", fmt, "-o", str(reference), "hello:1.0", check=True)
+        for args in (["save", "--format", fmt, "hello:1.0"], ["save", "--format", fmt, "-o", "-", "hello:1.0"]):
+            res = pyb(*args, cwd=tmp_path / fmt)
+            assert res.returncode == 0, res.stderr
+            assert res.stdout == reference.read_bytes()  # the same archive as -o FILE writes
+            assert sorted(p.name for p in (tmp_path / fmt).iterdir()) == ["ref.tar"]  # no file named "-"
+        other = PybuildCLI(tmp_path / fmt / "store")
+        with open(reference, "rb") as f:
+            res = other("load", stdin=f)
+        assert res.code == 0 and "Loaded image: hello:1.0" in res.stdout, res.output
+        with open(reference, "rb") as f:
+            assert "Loaded image: hello:1.0" in other("load", "-i", "-", stdin=f, check=True).stdout
+    assert list((cli.root / "tmp").iterdir()) == []
+    res = pyb("export", "-o", "-", "hello:1.0", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "-").exists()
+    assert "bin/busybox" in tarfile.open(fileobj=io.BytesIO(res.stdout)).getnames()
+    # a terminal gets no archive: docker's refusal, exit 1; load from a terminal stdin likewise
+    main, tty = pty.openpty()
+    try:
+        for args in (["save", "hello:1.0"], ["save", "-o", "-", "hello:1.0"]):
+            res = pyb(*args, stdin=subprocess.DEVNULL, stdout=tty)
+            assert res.returncode == 1
+            assert res.stderr.decode() == ("ERROR: cowardly refusing to save to a terminal. "
+                                           "Use the -o flag or redirect\n")
+        res = pyb("load", stdin=tty)
+        assert res.returncode == 1 and res.stderr.decode().startswith(
+            "ERROR: requested load from stdin, but stdin is empty"), res.stderr
+    finally:
+        os.close(main)
+        os.close(tty)
 
 
 def test_load_of_a_truncated_archive_fails_and_tags_nothing(cli, tmp_path):

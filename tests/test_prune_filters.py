@@ -42,10 +42,10 @@ def _age(root, description_part: str, when: str) -> None:
 def _two_builds(cli, tmp_path):
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    (ctx / "Dockerfile").write_text("FROM busybox\nRUN head -c 200000 /dev/urandom > /old\n")
-    cli("build", str(ctx), check=True)
-    (ctx / "Dockerfile").write_text("FROM busybox\nRUN head -c 100000 /dev/urandom > /new\n")
-    cli("build", str(ctx), check=True)
+    for size, name in ((200000, "/old"), (100000, "/new")):
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nRUN head -c {size} /dev/urandom > {name}\n")
+        image_id = cli("build", "-q", str(ctx), check=True).stdout.strip()
+        cli("rmi", image_id, check=True)  # only the build cache is left holding the layer (no <none> image)
 
 
 def test_filter_until_spares_recent_cache(cli, tmp_path):

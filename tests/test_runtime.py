@@ -142,6 +142,59 @@ def test_volume_persists_and_is_seeded_from_the_image(rt):
     assert rt("volume", "ls", "-q").stdout == ""
 
 
+def test_volume_prune_asks_and_removes_only_unused_anonymous_volumes(rt):
+    """docker 23+: `volume prune` removes anonymous volumes no container uses, after a [y/N]
+    prompt (no answer is no); named ones only with -a (was: every unused volume, no prompt)."""
+    from pybuild.runtime.volumes import VolumeStore
+
+    def names():
+        return set(rt("volume", "ls", "-q", check=True).stdout.split())
+
+    rt("volume", "create", "precious", check=True)
+    rt("run", "--rm", *NONE, "-v", "kept:/d", "busybox:latest", "sh", "-c", "echo data > /d/f", check=True)
+    rt("run", "--name", "holder", *NONE, "-v", "/anon", "busybox:latest", "true", check=True)
+    (in_use,) = names() - {"precious", "kept"}  # the holder's anonymous volume
+    leftover = "f" * 64
+    VolumeStore(rt.root).ensure(leftover, anonymous=True)  # an anonymous volume no container uses
+    labels = {v["Name"]: v["Labels"] for v in json.loads(rt("volume", "inspect", in_use, "precious").stdout)}
+    assert labels == {in_use: {"com.docker.volume.anonymous": ""}, "precious": {}}
+
+    prompt = ("WARNING! This will remove anonymous local volumes not used by at least one container.\n"
+              "Are you sure you want to continue? [y/N] ")
+    for answer in ("", "n\n", "whatever\n"):  # end of input, no, anything else: nothing goes
+        res = rt("volume", "prune", input=answer)
+        assert res.code == 0 and res.stdout.startswith(prompt), res.output
+        assert "Deleted" not in res.stdout and names() == {"precious", "kept", in_use, leftover}
+    res = rt("volume", "prune", input="y\n")
+    assert res.code == 0 and res.stdout == prompt + f"Deleted Volume: {leftover}\n", res.output
+    assert names() == {"precious", "kept", in_use}
+    res = rt("volume", "prune", "-f", stdin=subprocess.DEVNULL)  # -f: no prompt; nothing anonymous is unused
+    assert res.code == 0 and res.stdout == "" and names() == {"precious", "kept", in_use}
+    assert (rt.root / "volumes" / "kept" / "_data" / "f").read_text() == "data\n"
+
+    res = rt("volume", "prune", "-a", input="y\n")
+    assert res.stdout.startswith("WARNING! This will remove all local volumes not used by at least one container.")
+    assert res.stdout.endswith("[y/N] Deleted Volume: kept\nDeleted Volume: precious\n"), res.stdout
+    assert names() == {in_use}  # still used by the holder, as docker keeps it
+    rt("rm", "holder", check=True)
+    assert names() == set()
+
+
+def test_interrupting_a_non_build_command_does_not_talk_about_builds(rt):
+    """Ctrl-C (SIGINT) or SIGTERM to `logs -f`: exit 130/143, without the build's "running steps
+    were stopped, nothing was tagged"."""
+    rt("run", "-d", "--name", "talker", *NONE, "busybox:latest", "sh", "-c", "echo ready; sleep 1000",
+       check=True)
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        proc = subprocess.Popen([sys.executable, "-m", "pybuild", "logs", "-f", "talker"], env=rt.env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "ready\n"  # following: Python's handlers are in place
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == code, err
+        assert err == "" and "Traceback" not in err, err
+
+
 def test_rm_leaves_nothing(rt, tmp_path):
     from pybuild.runtime import launch
     from pybuild.runtime.containers import ContainerStore
