@@ -882,6 +882,11 @@ def pid1(cfg: dict, ctl: Ctl) -> int:
     if main == 0:
         exec_command(cfg, ctl, uid, gid, sgids, env, seccomp)
     main_fd = os.pidfd_open(main)
+    try:
+        policy.confine_init()  # from here on: reap, forward, kill; nothing else (see policy.py)
+    except policy.PolicyError as e:
+        ctl.send(error=f"sandbox init: {e}")
+        os.kill(main, signal.SIGKILL)
 
     def forward(sig, _frame):
         try:

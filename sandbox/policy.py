@@ -150,6 +150,24 @@ def apply(uid: int, gid: int, sgids: list[int], privileged: bool = False,
         install_seccomp(seccomp)  # last: from here on only the profile's syscalls work
 
 
+PR_SET_DUMPABLE = 4
+INIT_CAP_MASK = 1 << CAPABILITIES["KILL"]
+
+
+def confine_init() -> None:
+    """Called by the sandbox's PID 1 once it has forked the command: from then on it only reaps,
+    forwards signals and kills what is left, so it keeps CAP_KILL (the command may run as
+    another uid) and nothing else, gains nothing by exec (no_new_privs), and is not dumpable,
+    so the container's processes cannot ptrace it or read its /proc files even though it no
+    longer holds more capabilities than they do.  Raises PolicyError."""
+    _prctl(PR_SET_DUMPABLE, 0, "prctl(PR_SET_DUMPABLE, 0)")
+    drop_bounding(INIT_CAP_MASK)
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    eff, prm, _ = capget()
+    capset(eff & INIT_CAP_MASK, prm & INIT_CAP_MASK, 0)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
 # ---------------------------------------------------------------------------------------------
 # seccomp: Docker's default profile (moby profiles/seccomp/default.json) as it applies to a
 # process holding only DEFAULT_CAPABILITIES, compiled to a classic BPF filter here (no

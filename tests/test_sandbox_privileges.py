@@ -53,6 +53,26 @@ def test_non_root_has_no_effective_caps(image):
     assert s["NoNewPrivs"].strip() == "1"
 
 
+def test_pid1_keeps_only_cap_kill_and_is_not_dumpable(image):
+    # the namespace's init outlives the command's start: it must not be a way back to the
+    # capabilities the command was denied (the command's root cannot ptrace or read it either)
+    st, out, err = sh(image, "cat /proc/1/status; cat /proc/1/environ >/dev/null 2>&1 || echo environ-denied")
+    assert st.code == 0, err
+    s = _status(out)
+    kill = 1 << policy.CAPABILITIES["KILL"]
+    for k in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(s[k], 16) == kill, (k, s[k])
+    assert int(s["CapInh"], 16) == 0 and int(s["CapAmb"], 16) == 0
+    assert s["NoNewPrivs"].strip() == "1"
+    assert out.rstrip().endswith("environ-denied")
+
+
+def test_pid1_still_ends_a_non_root_command_and_its_leftovers(image):
+    # CAP_KILL is what pid 1 kept for this: alice's background process is killed at the end
+    st, out, err = sh(image, "sleep 1000 & echo started", user="alice")
+    assert st.code == 0 and out == "started\n", err
+
+
 def test_mount_fails(image):
     st, _, err = sh(image, "mount -t tmpfs x /mnt")
     assert st.code != 0
