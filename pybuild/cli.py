@@ -270,6 +270,7 @@ def _pull_policy_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = _pull_policy_flags(list(sys.argv[1:] if argv is None else argv))
     args = None
+    command = None
     try:
         argv = _normalise_argv(argv)
         command = _command_word(argv)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except UsageError as exc:
         print(f"pybuild: {exc}" if not str(exc).startswith("pybuild") else str(exc), file=sys.stderr)
-        return 2
+        return 125 if command == "run" else 2  # docker run: 125 for its own errors, flags included
     except PybuildError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 125 if getattr(args, "command", None) == "run" else exc.exit_code

@@ -161,22 +161,22 @@ def release_network(root: Path, c: Container) -> None:
 HOSTS_FILE = "hosts"
 
 
-def _write_hosts(c: Container, hosts: dict[str, str]) -> None:
+def _write_hosts(c: Container, ip: str, hosts: dict[str, str]) -> None:
     from pybuild.sandbox.runner import hosts_text
 
     with open(c.dir / HOSTS_FILE, "w") as f:  # truncate + write: never a new inode
-        f.write(hosts_text(c.config["Hostname"], hosts))
+        f.write(hosts_text(c.config["Hostname"], hosts, own_address=ip))
     os.chmod(c.dir / HOSTS_FILE, 0o644)
 
 
 def _hosts_writer(root: Path):
-    def write(container_id: str, hosts: dict[str, str]) -> None:
+    def write(container_id: str, ip: str, hosts: dict[str, str]) -> None:
         c = ContainerStore(root).load(container_id)
         # only a container that has a hosts file (made above, before its sandbox started) and
         # is not removed meanwhile
         if c is not None and (c.dir / HOSTS_FILE).is_file():
             try:
-                _write_hosts(c, hosts)
+                _write_hosts(c, ip, hosts)
             except OSError:
                 pass  # removed under us: nothing to update
     return write
@@ -228,7 +228,9 @@ def _sandbox_specs(store, c: Container, lowerdirs: list[Path]):
     resources = None
     if any(res.get(k) is not None for k in ("Memory", "Cpus", "PidsLimit")):
         resources = Resources(memory=res.get("Memory"), cpus=res.get("Cpus"), pids=res.get("PidsLimit"))
-    spec = ProcessSpec(args=list(cfg["Args"]), env=dict(cfg["Env"]), cwd=cfg.get("WorkingDir") or "/",
+    # as docker's daemon: HOSTNAME (and TERM with -t) unless the container's Env sets them
+    env = {"HOSTNAME": cfg["Hostname"], **({"TERM": "xterm"} if cfg.get("Tty") else {}), **cfg["Env"]}
+    spec = ProcessSpec(args=list(cfg["Args"]), env=env, cwd=cfg.get("WorkingDir") or "/",
                        user=cfg.get("User") or None, hostname=cfg["Hostname"],
                        network=cfg["Network"] if cfg["Network"] in ("none", "host") else "none",
                        resources=resources, mounts=mounts, tty=bool(cfg.get("Tty")), userns=userns)
@@ -257,7 +259,7 @@ def execute(store, c: Container, lowerdirs: list[Path], *, stdin: int | None, st
                 raise PybuildError(f"bridge network: {e}") from None
             spec.network = str(endpoint.netns)
             spec.hosts_file = c.dir / HOSTS_FILE
-            _write_hosts(c, endpoint.hosts)
+            _write_hosts(c, str(endpoint.ip), endpoint.hosts)
             # ... and this container joins the /etc/hosts of the others (theirs are rewritten)
             network.update_hosts(store.root, _hosts_writer(store.root))
             # the host ports as published (an ephemeral one resolved), in docker's API shape: what

@@ -745,9 +745,9 @@ def lookup(container_id: str, *, config: BridgeConfig | None = None) -> Endpoint
     return None if lease is None else _endpoint(cfg, container_id, lease, {})
 
 
-def update_hosts(root: Path, write: Callable[[str, dict[str, str]], None], *,
+def update_hosts(root: Path, write: Callable[[str, str, dict[str, str]], None], *,
                  config: BridgeConfig | None = None) -> None:
-    """Call ``write(container_id, hosts)`` for every live endpoint of store ``root`` on the
+    """Call ``write(container_id, ip, hosts)`` for every live endpoint of store ``root`` on the
     bridge, ``hosts`` being the other named containers' addresses (what its /etc/hosts should
     list), under the bridge's lock: calls of several processes do not interleave, and each sees
     the leases as they are after the connect or disconnect that triggered it."""
@@ -759,7 +759,7 @@ def update_hosts(root: Path, write: Callable[[str, dict[str, str]], None], *,
         busy = _busy_netns_inodes()
         for cid, lease in sorted(state["leases"].items()):
             if lease["root"] == str(root) and not _lease_stale(lease, busy):
-                write(cid, _hosts(state, root, cid, busy))
+                write(cid, lease["ip"], _hosts(state, root, cid, busy))
 
 
 def cleanup_stale(root: Path) -> None:

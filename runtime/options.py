@@ -6,6 +6,7 @@ Every error is a ``RunOptionError`` naming the flag and the offending text.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import signal
@@ -48,12 +49,13 @@ def _target(flag: str, text: str, target: str) -> str:
     return norm
 
 
-def parse_volume(text: str) -> MountRequest:
-    """``-v HOST:CTR[:ro|rw]`` (HOST absolute), ``-v NAME:CTR[:ro|rw]``, ``-v CTR`` (anonymous)."""
-    return replace(_parse_volume(text), flag=f"-v {text}")
+def parse_volume(text: str, cwd: str | None = None) -> MountRequest:
+    """``-v HOST:CTR[:ro|rw]`` (HOST absolute, or starting with ``.``: relative to ``cwd``, the
+    current directory by default, as docker 23+), ``-v NAME:CTR[:ro|rw]``, ``-v CTR`` (anonymous)."""
+    return replace(_parse_volume(text, cwd), flag=f"-v {text}")
 
 
-def _parse_volume(text: str) -> MountRequest:
+def _parse_volume(text: str, cwd: str | None) -> MountRequest:
     parts = text.split(":")
     mode = ""
     if len(parts) == 3:
@@ -67,6 +69,8 @@ def _parse_volume(text: str) -> MountRequest:
                              "or CONTAINER-PATH")
     source, target = parts
     target = _target("-v", text, target)
+    if source in (".", "..") or source.startswith(("./", "../")):  # docker 23+: relative to the cwd
+        source = posixpath.join(cwd if cwd is not None else os.getcwd(), source)
     if source.startswith("/"):
         return MountRequest("bind", target, posixpath.normpath(source), mode == "ro", create_host_dir=True)
     from .volumes import VOLUME_NAME_RE

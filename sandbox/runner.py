@@ -315,10 +315,12 @@ def _mount_stub_candidates(mounts: list[Mount]) -> list[str]:
     return out
 
 
-def hosts_text(hostname: str, extra_hosts: dict[str, str]) -> str:
-    """The /etc/hosts a sandbox sees: localhost and its own name, then ``extra_hosts`` by name."""
-    return (f"127.0.0.1\tlocalhost {hostname}\n"
-            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+def hosts_text(hostname: str, extra_hosts: dict[str, str], own_address: str | None = None) -> str:
+    """The /etc/hosts a sandbox sees: localhost, its own name (on ``own_address``, its address on
+    a bridge, as docker writes it; else on 127.0.0.1), then ``extra_hosts`` by name."""
+    own = f"{own_address}\t{hostname}\n" if own_address else ""
+    return (f"127.0.0.1\tlocalhost{'' if own_address else ' ' + hostname}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n" + own
             + "".join(f"{addr}\t{name}\n" for name, addr in sorted(extra_hosts.items())))
 
 

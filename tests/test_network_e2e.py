@@ -112,7 +112,10 @@ def test_hosts_files_follow_containers_joining_and_leaving(bridge_cli):
     r = bridge_cli("exec", "server", "ping", "-c", "1", "-W", "5", "web")
     assert r.code == 0, r.output
     own = bridge_cli("exec", "web", "cat", "/etc/hosts", check=True).stdout
-    assert [ln.split()[1] for ln in own.splitlines() if ln.startswith(NET + ".")] == ["server"]
+    hostname = bridge_cli("exec", "web", "hostname", check=True).stdout.strip()
+    # its own name on its own address (as docker writes it: `hostname -i` works), then the others
+    assert [ln.split()[1] for ln in own.splitlines() if ln.startswith(NET + ".")] == [hostname, "server"]
+    assert f"{web[0][0]}\t{hostname}" in own.splitlines()
     bridge_cli("rm", "-f", "web", check=True)
     hosts = bridge_cli("exec", "server", "cat", "/etc/hosts", check=True).stdout
     assert "web" not in hosts and "localhost" in hosts

@@ -303,7 +303,19 @@ def test_name_conflict_and_bad_flags(rt):
     assert res.code == 125 and "already in use" in res.stderr
     res = rt("run", *NONE, "-v", "rel/path:/x", "busybox:latest", "true")
     assert res.code == 125 and "-v rel/path:/x" in res.stderr
+    res = rt("run", *NONE, "-w", "rel", "busybox:latest", "true")  # docker's words and code
+    assert res.code == 125 and "the working directory 'rel' is invalid, it needs to be an absolute path" in res.stderr
+    res = rt("run", *NONE, "--no-such-flag", "busybox:latest", "true")  # docker run: 125, not 2
+    assert res.code == 125 and "--no-such-flag" in res.stderr
     assert len(_container_dirs(rt.root)) == 1  # the refused runs left no record
+
+
+def test_hostname_variable_as_docker_sets_it(rt):
+    res = rt("run", "--rm", *NONE, "--hostname", "box1", "busybox:latest", "sh", "-c", 'echo "$HOSTNAME"', check=True)
+    assert res.stdout == "box1\n"
+    res = rt("run", "--rm", *NONE, "-e", "HOSTNAME=given", "busybox:latest", "sh", "-c", 'echo "$HOSTNAME"',
+             check=True)
+    assert res.stdout == "given\n"  # the container's own Env wins
 
 
 def test_signals_are_forwarded_without_tty(rt, tmp_path):

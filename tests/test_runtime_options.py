@@ -15,6 +15,11 @@ def test_volume_forms():
     assert parse_volume("/host/:/data/:ro").readonly
     assert parse_volume("cache:/var/cache") == MountRequest("volume", "/var/cache", "cache")
     assert parse_volume("/anon") == MountRequest("volume", "/anon", None)
+    # docker 23+: a source starting with "." is a host path relative to the current directory
+    assert parse_volume("./sub:/m", cwd="/work") == MountRequest("bind", "/m", "/work/sub", False,
+                                                                create_host_dir=True)
+    assert parse_volume("..:/m:ro", cwd="/work/x").source == "/work"
+    assert parse_volume(".:/m", cwd="/work").source == "/work"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -197,6 +197,9 @@ def run(args, store_factory) -> int:
                 net.parse_publish(p)
             except net.NetworkError as e:
                 raise RunOptionError(str(e)) from None  # names the -p value
+    if args.workdir is not None and not args.workdir.startswith("/"):
+        raise RunOptionError(f"-w {args.workdir}: the working directory {args.workdir!r} is invalid, "
+                             "it needs to be an absolute path")
     mount_requests = _mount_requests(args)  # before the image is loaded or any record is made
 
     with build_lease(store.root):  # until the record exists: then GC sees it as a root
