@@ -618,6 +618,17 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
     store = _store(args)
     store.clean_stale()
+    try:
+        lint_config, warnings = _lint(dockerfile, options.build_args, store)
+    except DockerfileError as exc:  # an invalid `# check=` directive
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    if lint_config.error and warnings:  # `# check=error=true`: BuildKit fails before any step
+        for w in warnings:
+            print(w.format(), file=sys.stderr)
+        print(f"ERROR: lint violation found for rules: {', '.join(sorted({w.rule for w in warnings}))}",
+              file=sys.stderr)
+        return 1
     reporter = make_reporter(_progress_mode(args.progress), sys.stderr, quiet=args.quiet)
     try:
         with reporter, SshAgents() as agents:  # close() ends a live display; agents are killed after
@@ -647,7 +658,22 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
         print(image_id)
     else:
         reporter.build_written(image_id, record.manifest.digest, args.tag)
+    # as BuildKit, the Dockerfile's lint warnings close the output (read again now that the base
+    # images are in the store: UndefinedVar knows their ENV)
+    _, warnings = _lint(dockerfile, options.build_args, store)
+    if warnings:
+        reporter.build_lint([(w.rule, w.message, w.span.start_line) for w in warnings])
     return 0
+
+
+def _lint(dockerfile, build_args: dict[str, str], store):
+    """(check config, lint warnings) of the Dockerfile, with the ENV of the base images the store
+    holds; raises DockerfileError for an invalid `# check=` directive."""
+    from pybuild.commands.check import base_image_env
+    from pybuild.grammar.lint import check_config, external_base_images, lint
+
+    config = check_config(dockerfile, build_args)
+    return config, lint(dockerfile, build_args, base_image_env(store, external_base_images(dockerfile, build_args)))
 
 
 def _check_output_file(flag: str, path: str) -> None:

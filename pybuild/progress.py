@@ -354,6 +354,14 @@ class ReporterBase:
         for name in names:
             print(f"naming to {name} done", file=sys.stderr)
 
+    def build_lint(self, warnings: list[tuple[str, str, int]]) -> None:
+        """The Dockerfile's lint warnings (rule, message, line), after the build, as BuildKit
+        lists them; `pybuild check` shows each with file and column."""
+        n = len(warnings)
+        print(f"{n} warning{'s' if n != 1 else ''} found (use `pybuild check` for details):", file=sys.stderr)
+        for rule, message, line in warnings:
+            print(f" - {rule}: {message} (line {line})", file=sys.stderr)
+
     def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None) -> None:
         if excerpt:
             print(excerpt, file=sys.stderr)

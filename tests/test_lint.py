@@ -348,3 +348,30 @@ def test_cli_check_only_fails_on_sources_the_build_reads(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "ERROR" not in r.stderr
+
+
+# ---------------------------------------------------------------- the build prints them too
+
+def test_build_lists_lint_warnings_after_the_image_and_check_error_fails_it(cli, tmp_path):
+    # BuildKit: "N warnings found" closes `docker build`'s output; `# check=error=true` fails the
+    # build before any step runs, nothing tagged
+    import json
+
+    (tmp_path / "Dockerfile").write_text("FROM busybox AS Build\nCMD echo hi\n")
+    res = cli("build", "--progress", "plain", "-t", "linted:1", str(tmp_path), check=True)
+    tail = res.stderr.splitlines()[-3:]
+    assert tail == ["2 warnings found (use `pybuild check` for details):",
+                    " - StageNameCasing: Stage name 'Build' should be lowercase (line 1)",
+                    " - JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior "
+                    "related to OS signals (line 2)"], res.stderr
+    res = cli("build", "--progress", "rawjson", "-t", "linted:1", str(tmp_path), check=True)
+    events = [json.loads(line) for line in res.stderr.splitlines()]
+    assert [(e["rule"], e["line"]) for e in events if e["type"] == "lint.warning"] == [
+        ("StageNameCasing", 1), ("JSONArgsRecommended", 2)]
+    (tmp_path / "Dockerfile").write_text("# check=error=true\nFROM busybox\nRUN touch /ran\nCMD echo hi\n")
+    res = cli("build", "--progress", "plain", "-t", "linted:2", str(tmp_path))
+    assert res.code == 1 and "ERROR: lint violation found for rules: JSONArgsRecommended" in res.stderr
+    assert "Dockerfile:4:1: JSONArgsRecommended" in res.stderr and "RUN touch" not in res.stderr
+    assert "linted   2" not in cli("images", check=True).stdout
+    (tmp_path / "Dockerfile").write_text('FROM busybox\nCMD ["echo", "hi"]\n')
+    assert "warning" not in cli("build", "--progress", "plain", str(tmp_path), check=True).stderr

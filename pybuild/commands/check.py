@@ -160,9 +160,14 @@ def _base_image_env(args, dockerfile, build_args: dict[str, str], store_factory)
         root = default_root()
     if not (root / "index.json").is_file():
         return {}  # no store yet: opening one would create it
+    return base_image_env(store_factory(), refs)
+
+
+def base_image_env(store, refs: list[str]) -> dict[str, dict[str, str]]:
+    """ENV of each image of ``refs`` (as the linter's ``external_base_images`` names them) that
+    ``store`` holds; the others are left out (the linter assumes PATH only)."""
     from pybuild.oci.store import ImageNotFound, ImageStoreError
 
-    store = store_factory()
     out: dict[str, dict[str, str]] = {}
     for ref in refs:
         try:

@@ -14,12 +14,14 @@ also carry `vertex` (the step number, the `#N` of plain output) and `name`
     {"type": "vertex.cache",     "vertex": 3, "name": "...", "time": ..., "cached": true, "reason": null,
                                  "duration": 0.01, "saved": 12.5, "bytes_reused": 1048576}
     {"type": "warning",          "time": ..., "message": "..."}
+    {"type": "lint.warning",     "time": ..., "rule": "JSONArgsRecommended", "message": "...", "line": 5}
     {"type": "info",             "time": ..., "message": "..."}
 
 `elapsed`/`duration`/`saved` are seconds (floats, millisecond precision);
 `line` is one line of the step's output without its newline (undecodable bytes
 replaced). Consumers must ignore unknown types and fields (new ones may be
-added). With `-q` only `vertex.error` and `warning` are written.
+added). With `-q` only `vertex.error`, `warning` and `lint.warning` (and the closing
+`image.written` or `build.error`) are written.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ class RawJSONReporter(ReporterBase):
 
     def build_written(self, image_id: str, manifest_digest: str, names: list[str]) -> None:
         self._emit("image.written", force=True, id=image_id, digest=manifest_digest, names=list(names))
+
+    def build_lint(self, warnings: list[tuple[str, str, int]]) -> None:
+        for rule, message, line in warnings:
+            self._emit("lint.warning", force=True, rule=rule, message=message, line=line)
 
     def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None) -> None:
         self._emit("build.error", force=True, error=message, log=log_path, excerpt=excerpt)
