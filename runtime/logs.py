@@ -1,8 +1,10 @@
 """A container's log: ``containers/<id>/container.log``, docker's json-file format.
 
-One JSON object per chunk of output: ``{"log": text, "stream": "stdout"|"stderr", "time":
-RFC 3339}``; appended (O_APPEND, one write per record), so a reader sees whole records except
-possibly a torn last line of a killed writer, which `logs` skips.
+One JSON object per line of output, as docker writes it (a chunk that ends mid-line gives a
+record without its newline, the rest follows in the next): ``{"log": text, "stream":
+"stdout"|"stderr", "time": RFC 3339}``; appended (O_APPEND, one write per chunk), so a reader
+sees whole records except possibly a torn last line of a killed writer, which `logs` skips;
+`logs --tail N` counts records, i.e. lines.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ class LogWriter:
     def write(self, stream: str, data: bytes) -> None:
         from .containers import now_rfc3339
 
-        rec = {"log": data.decode("utf-8", "replace"), "stream": stream, "time": now_rfc3339()}
-        line = json.dumps(rec).encode() + b"\n"
+        now = now_rfc3339()
+        *whole, rest = data.split(b"\n")  # on "\n" only (as docker): a "\r" redraw stays in its line
+        lines = [line + b"\n" for line in whole] + ([rest] if rest else [])
+        records = b"".join(
+            json.dumps({"log": line.decode("utf-8", "replace"), "stream": stream, "time": now}).encode() + b"\n"
+            for line in lines)
         with self._lock:
-            os.write(self._fd, line)
+            os.write(self._fd, records)
 
     def close(self) -> None:
         with self._lock:

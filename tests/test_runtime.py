@@ -508,6 +508,26 @@ def test_foreground_output_goes_to_the_caller_and_the_log(rt):
     assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
 
 
+def test_logs_tail_counts_lines(rt, tmp_path):
+    # one record per line, as docker's json-file (the output came in one chunk), so --tail N is
+    # the last N lines; a "\r" redraw stays inside its line. (stdout and stderr are separate
+    # pipes read by separate pumps: their relative order is not pinned, so the tail is tested
+    # on stdout alone.)
+    rt("run", "--name", "many", *NONE, "busybox:latest", "sh", "-c",
+       "echo e1 >&2; printf 'l1\\nl2\\nl3\\nbar 10%%\\rbar 100%%\\n'; printf partial", check=True)
+    res = rt("logs", "--tail", "2", "many", check=True)  # (text mode shows the "\r" as "\n")
+    assert (res.stdout, res.stderr) == ("bar 10%\nbar 100%\npartial", "")
+    res = rt("logs", "-n", "1", "many", check=True)
+    assert (res.stdout, res.stderr) == ("partial", "")
+    assert rt("logs", "-n", "0", "many", check=True).stdout == ""
+    res = rt("logs", "-n", "all", "many", check=True)
+    assert (res.stdout, res.stderr) == ("l1\nl2\nl3\nbar 10%\nbar 100%\npartial", "e1\n")
+    res = rt("logs", "-n", "x", "many")
+    assert res.code == 2 and "a number of lines or all" in res.stderr
+    log = rt.root / "containers" / _container_dirs(rt.root)[0] / "container.log"
+    assert len(log.read_bytes().split(b"\n")) - 1 == 6  # records: e1 l1 l2 l3 bar partial
+
+
 def test_ps_command_column_quotes_as_docker():
     """docker ps shows `"sh -c 'exit 3'"` (an argument with a blank in single quotes, the whole
     strconv.Quote'd), cut to 19 characters and "…" unless --no-trunc (was `"sh -c "exit 3""`)."""
