@@ -107,9 +107,19 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                             "get a private ssh-agent for the build")
 
     if wanted("images"):
-        i = sub.add_parser("images", help="list images in the local store")
+        i = sub.add_parser("images", help="list images in the local store",
+                           description="Like docker images. Examples: pybuild images busybox; pybuild images "
+                                       "-q --filter dangling=true; pybuild images --format '{{.Repository}}:{{.Tag}}'")
+        i.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]",
+                       help="only images whose name matches (Go path.Match patterns: 'app*', 'app:1.*')")
         i.add_argument("-q", "--quiet", action="store_true", help="only image ids")
         i.add_argument("--digests", action="store_true", help="show manifest digests")
+        i.add_argument("--no-trunc", action="store_true", help="full image ids")
+        i.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                       help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE")
+        i.add_argument("--format", metavar="TEMPLATE",
+                       help="Go template subset: {{.Repository}} {{.Tag}} {{.Digest}} {{.ID}} {{.CreatedSince}} "
+                            "{{.CreatedAt}} {{.Size}}, {{json .}}; 'table ...' for columns")
 
     if wanted("import"):
         im = sub.add_parser("import", help="make a one-layer image from a rootfs directory or tarball",
@@ -853,38 +863,83 @@ def _image_id(store, manifest_digest: str) -> str:
 
 
 # -- images / import / save -------------------------------------------------------------------------
-def cmd_images(args) -> int:
-    from pybuild.commands._format import ago, human_size, table
+IMAGE_FIELDS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
+                "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE"}
 
+
+def cmd_images(args) -> int:
+    from datetime import datetime
+
+    from pybuild.commands._filters import bool_filter, label_match, parse_filters, reference_match
+    from pybuild.commands._format import Template, ago, human_size, table
     from pybuild.oci.image import load_image
 
+    filters = parse_filters(args.filter, ("dangling", "reference", "label", "before", "since"), "images")
+    template = Template(args.format, IMAGE_FIELDS) if args.format else None
+    if args.reference:
+        filters.setdefault("reference", []).append(args.reference)
+    dangling = bool_filter(filters, "dangling")
     store = _store(args)
+
+    def when(created: str | None) -> datetime | None:
+        try:
+            return datetime.fromisoformat((created or "").replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+    def created_of(text: str, key: str) -> datetime | None:
+        from pybuild.oci.store import ImageNotFound
+
+        try:
+            return when(load_image(store.content, store.images.resolve(text)).config.get("created"))
+        except ImageNotFound:
+            raise UsageError(f"--filter {key}={text}: No such image: {text}") from None
+
+    bounds = [(key, created_of(v, key)) for key in ("before", "since") for v in filters.get(key, [])]
     rows = []
     # tagged images, then the nameless ones (a build without -t: docker's <none> <none>)
     listed = [(ref.name, ref.tag or "<none>", digest) for ref, digest in store.images.list()]
     listed += [("<none>", "<none>", digest) for digest in store.images.untagged()]
     for repository, tag, manifest_digest in listed:
+        is_dangling = repository == "<none>"
+        if dangling is not None and dangling != is_dangling:
+            continue
+        if "reference" in filters and (is_dangling or not any(
+                reference_match(p, repository, tag) for p in filters["reference"])):
+            continue
         try:
             img = load_image(store.content, manifest_digest)
         except Exception as exc:  # one broken image (a corrupt blob) must not hide the others
             message = store_damage(exc)
             if message is None:
                 raise
-            name = manifest_digest if repository == "<none>" else f"{repository}:{tag}"
+            name = manifest_digest if is_dangling else f"{repository}:{tag}"
             print(f"WARNING: image {name} not listed: {message}", file=sys.stderr)
             continue
-        size = sum(layer.size for layer in img.layers)
-        row = [repository, tag, img.id.split(":", 1)[1][:12], ago(img.config.get("created")), human_size(size)]
-        if args.digests:
-            row.insert(2, manifest_digest)
-        rows.append(tuple(row))
+        created = img.config.get("created") or ""
+        at = when(created)
+        if "label" in filters and not label_match(filters["label"], (img.config.get("config") or {}).get("Labels")):
+            continue
+        if bounds and (at is None or any(bound is None or (at >= bound if key == "before" else at <= bound)
+                                         for key, bound in bounds)):
+            continue
+        created_at = at.strftime("%Y-%m-%d %H:%M:%S %z %Z") if at else created
+        rows.append({"Repository": repository, "Tag": tag, "Digest": manifest_digest,
+                     "ID": img.id if args.no_trunc else img.id.split(":", 1)[1][:12],
+                     "CreatedSince": ago(created), "CreatedAt": created_at,
+                     "Size": human_size(sum(layer.size for layer in img.layers))})
     if args.quiet:
         for r in rows:
-            print(r[3 if args.digests else 2])
+            print(r["ID"])
         return 0
-    header = ("REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE") if args.digests else (
-        "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
-    print(table([header, *rows]))
+    if template is not None:
+        for line in template.lines(rows):
+            print(line)
+        return 0
+    columns = ["Repository", "Tag", "Digest", "ID", "CreatedSince", "Size"]
+    if not args.digests:
+        columns.remove("Digest")
+    print(table([tuple(IMAGE_FIELDS[c] for c in columns), *(tuple(r[c] for c in columns) for r in rows)]))
     return 0
 
 

@@ -68,3 +68,70 @@ def not_found(text: str) -> str:
     except InvalidReference:
         return f"No such image: {text}"
     return f"No such image: {ref if ref.digest else ref.tagged}"
+
+
+class Template:
+    """docker's ``--format`` for listings: a Go template over one row's fields, the subset
+    scripts use: text with ``{{.Field}}``, ``{{json .}}`` and ``{{json .Field}}`` actions,
+    ``\\t``/``\\n`` escapes, and a leading ``table`` for aligned columns under a header (each
+    field's header as docker names it).  Other actions (if, range, printf, ...) are a UsageError
+    naming the flag, never silently printed as text.
+
+    ``fields`` maps the field names docker's formatter offers to their table headers."""
+
+    _ACTION = None
+
+    def __init__(self, text: str, fields: dict[str, str], flag: str = "--format"):
+        import re
+
+        from pybuild.errors import UsageError
+
+        if Template._ACTION is None:
+            Template._ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.S)
+        self.is_table = text == "table" or text.startswith("table ")
+        body = text[len("table"):] if self.is_table else text
+        body = body.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
+        self._parts: list[tuple[str, str | None]] = []  # (literal, field / "." / "json:F" / None)
+        pos = 0
+        for m in Template._ACTION.finditer(body):
+            action = m.group(1)
+            if re.fullmatch(r"\.[A-Za-z]\w*", action):
+                key = action[1:]
+            elif re.fullmatch(r"json\s+\.([A-Za-z]\w*)?", action):
+                key = "json:" + action.split(".", 1)[1]
+            else:
+                raise UsageError(f"{flag} {text!r}: unsupported template action {m.group(0)!r} "
+                                 "(pybuild's --format knows {{.Field}}, {{json .}} and {{json .Field}})")
+            if key.removeprefix("json:") and key.removeprefix("json:") not in fields:
+                raise UsageError(f"{flag} {text!r}: no field {key.removeprefix('json:')!r} "
+                                 f"(fields: {', '.join(fields)})")
+            self._parts.append((body[pos:m.start()], key))
+            pos = m.end()
+        self._parts.append((body[pos:], None))
+        self.fields = fields
+
+    def render(self, row: dict) -> str:
+        import json
+
+        out = []
+        for literal, key in self._parts:
+            out.append(literal)
+            if key is None:
+                continue
+            if key == "json:":
+                out.append(json.dumps(row, separators=(",", ":"), ensure_ascii=False))
+            elif key.startswith("json:"):
+                out.append(json.dumps(row[key[5:]], ensure_ascii=False))
+            else:
+                out.append(str(row[key]))
+        return "".join(out)
+
+    def lines(self, rows: list[dict]) -> list[str]:
+        """The output lines: one per row, or for ``table`` the header and the rows aligned on
+        the template's tabs as docker's tabwriter does."""
+        if not self.is_table:
+            return [self.render(r) for r in rows]
+        header = self.render(dict(self.fields))
+        cells = [tuple(line.split("\t")) for line in [header, *(self.render(r) for r in rows)]]
+        width = max(len(c) for c in cells)
+        return table([c + ("",) * (width - len(c)) for c in cells]).split("\n")

@@ -1,4 +1,4 @@
-"""`pybuild ps [-a] [-q]`: list containers, as `docker ps`."""
+"""`pybuild ps [-a] [-q] [--no-trunc] [-f KEY=VALUE] [--format T]`: list containers, as `docker ps`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,19 @@ def add_parser(sub) -> None:
     p.add_argument("-a", "--all", action="store_true", help="also stopped containers")
     p.add_argument("-q", "--quiet", action="store_true", help="only container ids")
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="id=PREFIX, name=REGEX, status=created|running|exited, exited=CODE, ancestor=IMAGE "
+                        "(status and exited look at stopped containers without -a, as docker)")
+    p.add_argument("--format", metavar="TEMPLATE",
+                   help="Go template subset: {{.ID}} {{.Image}} {{.Command}} {{.CreatedAt}} {{.RunningFor}} "
+                        "{{.Ports}} {{.State}} {{.Status}} {{.Names}} {{.Mounts}} {{.Networks}}, {{json .}}; "
+                        "'table ...' for columns")
+
+
+FIELDS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
+          "RunningFor": "CREATED", "Ports": "PORTS", "State": "STATE", "Status": "STATUS", "Names": "NAMES",
+          "Mounts": "MOUNTS", "Networks": "NETWORKS"}
+STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
 def status_text(state: dict) -> str:
@@ -27,26 +40,94 @@ def status_text(state: dict) -> str:
     return "Created"
 
 
+def _matcher(filters: dict[str, list[str]], store):
+    """Predicate on (container, state) for the --filter values (one key's values: any; keys: all)."""
+    import re
+
+    from pybuild.errors import UsageError
+
+    for v in filters.get("status", []):
+        if v not in STATUSES:
+            raise UsageError(f"--filter status={v}: invalid filter value (one of {', '.join(STATUSES)})")
+    codes = set()
+    for v in filters.get("exited", []):
+        if not v.lstrip("-").isdigit():
+            raise UsageError(f"--filter exited={v}: invalid filter value (an exit code)")
+        codes.add(int(v))
+    ancestors = []  # (text as given, the image id it resolves to or None)
+    for v in filters.get("ancestor", []):
+        try:
+            from pybuild.oci.image import load_image
+
+            ancestors.append((v, load_image(store.content, store.images.resolve(v)).id))
+        except Exception:
+            ancestors.append((v, None))
+
+    def name_match(pattern: str, name: str) -> bool:
+        try:
+            return re.search(pattern, name) is not None
+        except re.error:
+            return pattern in name
+
+    def match(c, st: dict) -> bool:
+        if "id" in filters and not any(c.id.startswith(v) for v in filters["id"]):
+            return False
+        if "name" in filters and not any(name_match(v, c.name) for v in filters["name"]):
+            return False
+        if "status" in filters and st.get("Status", "created") not in filters["status"]:
+            return False
+        if codes and (st.get("Status") != "exited" or st.get("ExitCode") not in codes):
+            return False
+        if ancestors and not any(c.config.get("Image") == text or (image_id and c.config.get("ImageId") == image_id)
+                                 for text, image_id in ancestors):
+            return False
+        return True
+    return match
+
+
 def run(args, store_factory) -> int:
-    from pybuild.commands._format import ago, table
+    from datetime import datetime
+
+    from pybuild.commands._filters import parse_filters
+    from pybuild.commands._format import Template, ago, table
     from pybuild.commands.run import open_runtime
     from pybuild.runtime.inspect import published_ports
 
-    _, containers = open_runtime(store_factory)
+    filters = parse_filters(args.filter, ("id", "name", "status", "exited", "ancestor"), "ps")
+    template = Template(args.format, FIELDS) if args.format else None
+    store, containers = open_runtime(store_factory)
+    match = _matcher(filters, store)
+    every = args.all or "status" in filters or "exited" in filters  # as docker: these look at stopped ones
     rows = []
     for c in reversed(containers.list()):  # newest first, as docker
         st = c.state()
-        if not args.all and st.get("Status") != "running":
+        if not every and st.get("Status") != "running":
             continue
-        cmd = command_text(c.config.get("Args") or [], not args.no_trunc)
-        rows.append((c.id if args.no_trunc else c.id[:12], c.config.get("Image", ""), cmd,
-                     ago(c.config.get("Created")), status_text(st), ports_text(published_ports(st)),
-                     c.name))
+        if not match(c, st):
+            continue
+        try:
+            created_at = datetime.fromisoformat(c.config.get("Created", "").replace("Z", "+00:00")) \
+                .strftime("%Y-%m-%d %H:%M:%S %z %Z")
+        except ValueError:
+            created_at = c.config.get("Created", "")
+        mounts = [m.get("Name") or m.get("Source") or m.get("Destination", "") for m in c.config.get("Mounts") or []]
+        rows.append({"ID": c.id if args.no_trunc else c.id[:12], "Image": c.config.get("Image", ""),
+                     "Command": command_text(c.config.get("Args") or [], not args.no_trunc),
+                     "CreatedAt": created_at, "RunningFor": ago(c.config.get("Created")),
+                     "Ports": ports_text(published_ports(st)), "State": st.get("Status", "created"),
+                     "Status": status_text(st), "Names": c.name, "Mounts": ",".join(mounts),
+                     "Networks": c.config.get("Network", "")})
     if args.quiet:
         for r in rows:
-            print(r[0])
+            print(r["ID"])
         return 0
-    print(table([("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"), *rows]))
+    if template is not None:
+        for line in template.lines(rows):
+            print(line)
+        return 0
+    columns = ("ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names")
+    print(table([("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"),
+                 *(tuple(r[k] for k in columns) for r in rows)]))
     return 0
 
 
