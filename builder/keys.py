@@ -4,7 +4,9 @@ A key is the sha256 of canonical JSON (sorted keys, compact, UTF-8) of the step'
 definition, which always includes the parent step's key. What changes the result
 (instruction after expansion, environment, user, workdir, copied file *contents*)
 is in the definition; what does not (progress labels, timings, mtimes) is not.
-Changing what goes in here invalidates every user's cache: tests pin the format.
+Changing what goes in here invalidates every user's cache: tests/test_cache_key_format.py pins the
+format, and KEY_VERSION is bumped with any change of what a key means (an old record must never hit
+for a step whose result the new code would build differently).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from pybuild.oci.image import canonical_json
 
-KEY_VERSION = "pybuild.v1"
+KEY_VERSION = "pybuild.v2"  # v2: WORKDIR keys carry the USER that owns the new directory (77c822c)
 
 
 def step_key(parent_key: str | None, definition: dict[str, Any]) -> str:
