@@ -23,3 +23,14 @@ def step_key(parent_key: str | None, definition: dict[str, Any]) -> str:
     """Key of a step: sha256 over the versioned canonical definition and the parent key."""
     payload = {"v": KEY_VERSION, "parent": parent_key, "def": definition}
     return "sha256:" + hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def result_key(key: str, diff_id: str | None) -> str:
+    """What the next step is keyed on: a step's key together with the layer it resolved to.
+
+    A key names inputs, and a key's record can be replaced by a rebuild that made different
+    bytes (``--no-cache``, a build whose later step failed, two runners racing).  Chaining the
+    children on the result, not on the key alone, means a cached child always comes with the
+    very parent layer it was built on (BuildKit links cache records the same way); a
+    deterministic step rebuilds to the same diff_id, so its children still hit."""
+    return step_key(key, {"result": diff_id})

@@ -44,7 +44,7 @@ from pybuild.builder import mounts as mountsop
 from pybuild.builder.context import ContextView
 from pybuild.builder.dockerignore import DockerIgnore
 from pybuild.builder.explain import MissExplainer
-from pybuild.builder.keys import step_key
+from pybuild.builder.keys import result_key, step_key
 from pybuild.builder.plan import (PROXY_ARGS, StagePlan, check_supported, flag_location, location, plan,
                                   stage_index, word_location)
 from pybuild.cache.gc import build_lease
@@ -118,7 +118,8 @@ class BuildOptions:
 
 @dataclass
 class StageState:
-    """What a stage has built so far: the image being assembled and the cache key of its last step."""
+    """What a stage has built so far: the image being assembled and what its next step is keyed
+    on (``key``: the base's key, then each step's :func:`result_key`)."""
 
     layers: list[LayerBlob]
     config: dict
@@ -570,7 +571,7 @@ class Solver:
             state.rebuilt = True
             self.reporter.step_done(step)
             self.reporter.step_cache_info(step, cached=False, reason=reason, duration_s=record.duration_s)
-        state.key = key
+        state.key = result_key(key, record.layer.diff_id if record.layer is not None else None)
         state.keys.append(key)
         state.created = record.created or state.created
         self.used_records[key] = record
