@@ -7,9 +7,10 @@
   uses) checks it out; `.git` is not part of the context unless the build arg
   `BUILDKIT_CONTEXT_KEEP_GIT_DIR` is true, as for BuildKit.
 * Any other http(s) URL is downloaded with `fetch.download` (the code `ADD <url>` uses). A tar
-  (plain, gzip, bzip2, xz or zstd) is unpacked with tarsafe as a `-` context is
-  (`unpack_context_tar`, shared with stdin); anything else is the Dockerfile itself, with an
-  empty context ("if the URL is a text file, it's the Dockerfile", as docker puts it).
+  (plain, gzip, bzip2, xz or zstd) is unpacked as a `-` context is (`unpack_context_tar`,
+  shared with stdin: symlinks kept with any target, nothing followed on the host); anything
+  else is the Dockerfile itself, with an empty context ("if the URL is a text file, it's the
+  Dockerfile", as docker puts it).
 
 Everything is written under a directory the caller owns and removes, before the store is
 touched. Errors are one line naming the URL with its credentials removed (`redact`): a
@@ -20,7 +21,11 @@ the same URL and ref is fully cached.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,11 +154,16 @@ def _reason(exc: Exception, prefix: str) -> str:
 
 
 def unpack_context_tar(archive: Path, dest: Path) -> bool:
-    """Unpack `archive` into `dest` with tarsafe (members escaping `dest`, device files and links
-    pointing out are refused) when it is a tar, plain or gzip, bzip2, xz or zstd compressed;
-    False (nothing written) when it is not one. A tar that cannot be unpacked: NotUsableTar."""
-    import tarsafe
+    """Unpack `archive` into `dest` when it is a tar, plain or gzip, bzip2, xz or zstd
+    compressed; False (nothing written) when it is not one. A tar that cannot be unpacked
+    safely: NotUsableTar, whose message names the offending member.
 
+    As `docker build -`: symlinks are stored as symlinks whatever they point at (`/etc/passwd`,
+    `../../outside`) and are never followed on the host. Refused before anything is written:
+    device files, members whose name is absolute or climbs out of `dest` with `..`, hard links
+    whose target does; refused while unpacking: a member whose parent is a symlink (or not a
+    directory) and a hard link whose target goes through one (`_ContextExtractor`).
+    """
     with open(archive, "rb") as f:
         head = f.read(4)
     if head == _ZSTD_MAGIC:  # tarfile reads the other compressions itself ("r:*")
@@ -173,14 +183,198 @@ def unpack_context_tar(archive: Path, dest: Path) -> bool:
     elif not _is_tar(archive):
         return False
     try:
-        with tarsafe.open(archive, "r:*") as tar:
-            for m in tar.getmembers():  # tarsafe would refuse it as "returns true for isblk() or ischr()"
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:  # every check that needs no file system, before anything is written
                 if m.isblk() or m.ischr():
                     raise NotUsableTar(f"it holds a device file ({m.name!r}), which a build context may not")
-            tar.extractall(dest)
-    except (tarfile.TarError, tarsafe.TarSafeException, OSError, EOFError) as exc:
+                _ContextExtractor.plan(m)
+            extractor = _ContextExtractor(dest)
+            try:
+                for m in members:
+                    try:
+                        extractor.member(tar, m)
+                    except OSError as exc:
+                        raise NotUsableTar(f"member {m.name!r}: {exc.strerror or exc}") from None
+                    except (OverflowError, ValueError) as exc:  # e.g. an mtime out of range
+                        raise NotUsableTar(f"member {m.name!r}: {exc}") from None
+                extractor.finish()
+            finally:
+                extractor.close()
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise NotUsableTar(str(exc)) from None
     return True
+
+
+_O_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _context_parts(name: str, what: str) -> tuple[str, ...]:
+    """The components of a member name (or hard link target) below the context root, `a/../b`
+    read as `b` (docker cleans names lexically too); NotUsableTar for an absolute name or one
+    whose `..` climbs out of the root."""
+    if name.startswith("/"):
+        raise NotUsableTar(f"{what} is an absolute path, which a build context tar may not hold")
+    parts: list[str] = []
+    for c in name.split("/"):
+        if c in ("", "."):
+            continue
+        if c == "..":
+            if not parts:
+                raise NotUsableTar(f"{what} climbs out of the context with '..'")
+            parts.pop()
+        else:
+            parts.append(c)
+    return tuple(parts)
+
+
+class _ContextExtractor:
+    """Writes members under a directory without ever following a symlink on the host: every
+    parent is opened component by component from a directory fd with O_NOFOLLOW (a symlink or
+    a non-directory there refuses the member), files are created with O_EXCL|O_NOFOLLOW after
+    whatever held the name was unlinked (never written through), metadata is set on fds or with
+    follow_symlinks=False. Symlinks are made as they are, with any target. The tarsafe package
+    used before cannot do this: it refuses every symlink whose target, joined to the root,
+    leaves it (each absolute link), and then lets tarfile.extractall write by path, following
+    links; Python's extraction filters refuse the same links."""
+
+    def __init__(self, dest: Path):
+        self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.is_root = os.geteuid() == 0
+        self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
+
+    @staticmethod
+    def plan(m: tarfile.TarInfo) -> tuple[str, ...]:
+        """The member's components; NotUsableTar for what is refused by its header alone."""
+        parts = _context_parts(m.name, f"member {m.name!r}")
+        if not parts and not m.isdir():
+            raise NotUsableTar(f"member {m.name!r} names the context root but is not a directory")
+        if m.islnk():
+            target = _context_parts(m.linkname, f"member {m.name!r}: its hard link target {m.linkname!r}")
+            if not target:
+                raise NotUsableTar(f"member {m.name!r}: its hard link target {m.linkname!r} is the context root")
+        return parts
+
+    def _open_dir(self, parts: tuple[str, ...], what: str, *, create: bool) -> int:
+        """A new fd of the directory root/parts, created as needed with ``create``."""
+        fd = os.dup(self.root_fd)
+        try:
+            for i, c in enumerate(parts):
+                try:
+                    nfd = os.open(c, _O_DIR_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise NotUsableTar(f"{what}: {'/'.join(parts[:i + 1])!r} does not exist") from None
+                    os.mkdir(c, 0o755, dir_fd=fd)
+                    nfd = os.open(c, _O_DIR_NOFOLLOW, dir_fd=fd)
+                    os.fchmod(nfd, 0o755)  # whatever the umask
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.stat(c, dir_fd=fd, follow_symlinks=False)
+                    sub = "/".join(parts[:i + 1])
+                    if stat.S_ISLNK(st.st_mode):
+                        raise NotUsableTar(f"{what} goes through the symlink {sub!r}, which a build context "
+                                           "tar may not write through") from None
+                    raise NotUsableTar(f"{what}: {sub!r} is not a directory") from None
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _chown(self, m: tarfile.TarInfo, base: str, pfd: int) -> None:
+        if self.is_root:  # as tarfile did (numeric ids here: no look-up of the host's names)
+            os.chown(base, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+
+    def member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        parts = self.plan(m)
+        if not parts:
+            return  # "./": the context root itself keeps its mode
+        base = parts[-1]
+        pfd = self._open_dir(parts[:-1], f"member {m.name!r}", create=True)
+        try:
+            try:
+                existing = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and not (m.isdir() and stat.S_ISDIR(existing.st_mode)):
+                if stat.S_ISDIR(existing.st_mode):  # a later member replaces a directory
+                    shutil.rmtree(base, dir_fd=pfd)
+                else:
+                    os.unlink(base, dir_fd=pfd)  # a symlink is removed, never followed
+            mtime = int(m.mtime)
+            if m.isdir():
+                if existing is None or not stat.S_ISDIR(existing.st_mode):
+                    os.mkdir(base, 0o700, dir_fd=pfd)
+                self.dirs.append((parts, m))  # mode and mtime once its content is written
+            elif m.issym():
+                os.symlink(m.linkname, base, dir_fd=pfd)
+                self._chown(m, base, pfd)
+                os.utime(base, (mtime, mtime), dir_fd=pfd, follow_symlinks=False)
+            elif m.islnk():
+                target = _context_parts(m.linkname, "")
+                tfd = self._open_dir(target[:-1], f"member {m.name!r}: its hard link target {m.linkname!r}",
+                                     create=False)
+                try:
+                    try:
+                        tst = os.stat(target[-1], dir_fd=tfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        raise NotUsableTar(f"member {m.name!r}: its hard link target {m.linkname!r} "
+                                           "is not in the tar before it") from None
+                    if stat.S_ISDIR(tst.st_mode):
+                        raise NotUsableTar(f"member {m.name!r}: its hard link target {m.linkname!r} is a directory")
+                    # a target that is a symlink is linked itself (linkat without AT_SYMLINK_FOLLOW)
+                    os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+                finally:
+                    os.close(tfd)
+            elif m.isfifo():
+                os.mkfifo(base, 0o600, dir_fd=pfd)
+                self._chown(m, base, pfd)
+                os.chmod(base, m.mode & 0o7777, dir_fd=pfd)  # just made, not a symlink
+                os.utime(base, (mtime, mtime), dir_fd=pfd, follow_symlinks=False)
+            else:  # regular (tarfile reads unknown types as regular files, as GNU tar does)
+                fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=pfd)
+                try:
+                    src = tar.extractfile(m)
+                    if src is not None:
+                        while chunk := src.read(1 << 20):
+                            _write_all(fd, chunk)
+                    if self.is_root:
+                        os.fchown(fd, m.uid, m.gid)
+                    os.fchmod(fd, m.mode & 0o7777)  # after the chown, which clears set-user-ID
+                    os.utime(fd, (mtime, mtime))
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(pfd)
+
+    def finish(self) -> None:
+        """Directories' owners, modes and mtimes, deepest last-written first, after their content;
+        one a later member replaced (by a file or a symlink) is skipped."""
+        for parts, m in reversed(self.dirs):
+            try:
+                fd = self._open_dir(parts, "", create=False)
+            except NotUsableTar:
+                continue
+            try:
+                if self.is_root:
+                    os.fchown(fd, m.uid, m.gid)
+                os.fchmod(fd, m.mode & 0o7777)
+                os.utime(fd, (int(m.mtime), int(m.mtime)))
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _is_tar(path: Path) -> bool:

@@ -24,9 +24,9 @@ Which extraction policy applies where:
   component is opened with ``O_NOFOLLOW`` from a directory fd, never by path), and hard
   links whose target is outside or reached through a symlink.  Each layer is unpacked
   into its own empty snapshot dir, so links made by earlier layers are never followed.
-* a build context tar on stdin (``pybuild build -``, in ``pybuild/cli.py``): ``tarsafe``,
-  whose policy is "reject anything unusual" (devices, links pointing out): a context
-  has no reason to contain them.
+* a build context tar on stdin or from a URL (``builder.url_context.unpack_context_tar``):
+  the same rule (nothing is followed on the host: parents opened with ``O_NOFOLLOW``),
+  symlinks kept with any target as ``docker build -`` keeps them, devices refused.
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from .store import (
     rfc3339,
 )
 
-__all__ = ["ArchiveError", "save_oci_archive", "load_oci_archive", "import_rootfs"]
+__all__ = ["ArchiveError", "save_oci_archive", "load_oci_archive", "read_oci_archive", "import_rootfs"]
 
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -213,6 +213,25 @@ def load_oci_archive(
     given the archive must hold exactly one image, which is tagged ``ref``.
     Returns ``(reference or None, manifest digest)`` per index entry.
     """
+    results = read_oci_archive(source, content)
+    if ref is not None:
+        digests = {d for _, d in results}
+        if len(digests) != 1:
+            raise ArchiveError(f"archive holds {len(digests)} images; cannot tag them all as {ref}")
+        results = [(parse_reference(ref), digests.pop())]
+    for r, digest in results:
+        if r is not None:
+            store.tag(r, _blob_info(content, digest))
+    return results
+
+
+def read_oci_archive(source: Path | BinaryIO, content: ContentStore) -> list[tuple[Reference | None, str]]:
+    """The first half of ``load_oci_archive``: stream the archive's blobs into ``content``
+    (content-addressed, digests and sizes verified) and return ``(the name its index.json
+    gives or None, manifest digest)`` per index entry, WITHOUT tagging anything (what `run
+    oci-archive:FILE` uses: the image by its digest, the local tags untouched).  The blobs are
+    unreferenced until something tags them or a container record names the manifest, so the
+    caller holds a ``build_lease`` while it uses them."""
     index_data: bytes | None = None
     saw_layout = False
     with contextlib.ExitStack() as stack:
@@ -258,14 +277,6 @@ def load_oci_archive(
         desc = _pick_platform(content, entry)
         _blob_closure(content, desc["digest"])  # every blob present
         results.append((_entry_reference(entry), desc["digest"]))
-    if ref is not None:
-        digests = {d for _, d in results}
-        if len(digests) != 1:
-            raise ArchiveError(f"archive holds {len(digests)} images; cannot tag them all as {ref}")
-        results = [(parse_reference(ref), digests.pop())]
-    for r, digest in results:
-        if r is not None:
-            store.tag(r, _blob_info(content, digest))
     return results
 
 

@@ -540,8 +540,9 @@ def _progress_mode(flag: str | None) -> str:
 def _context_from_stdin(dest: Path) -> tuple[str, bytes | None]:
     """`pybuild build -`: stdin is a context tar (plain or compressed), or just a Dockerfile.
 
-    A tar is unpacked with tarsafe (members escaping the directory, device files and links
-    pointing out are refused).  Otherwise stdin is the Dockerfile and the context is empty,
+    A tar is unpacked by ``unpack_context_tar`` (nothing followed on the host; symlinks kept
+    with any target; members escaping the directory or going through a link, and device
+    files, are refused).  Otherwise stdin is the Dockerfile and the context is empty,
     as `docker build - < Dockerfile` does.  Returns the context dir and, when stdin held only
     a Dockerfile, its bytes.
     """

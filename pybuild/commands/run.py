@@ -67,7 +67,12 @@ def bridge_available() -> bool:
 
 
 def _resolve_image(store, text: str):
-    """(image, display name).  ``oci-archive:FILE`` loads the archive into the store first."""
+    """(image, display name).  ``oci-archive:FILE`` stores the archive's blobs (content-addressed)
+    and uses its one image by manifest digest: no tag is added or moved, whatever names the
+    archive's index.json gives (a local ``hello:1.0`` stays what it was, as with `podman run
+    oci-archive:`).  Until the container record names the manifest (a GC root) the caller's
+    ``build_lease`` keeps the blobs; an archive with several images fails before anything is
+    recorded (its blobs stay unreferenced: `prune` removes them)."""
     import os
 
     from pybuild.errors import PybuildError
@@ -75,7 +80,7 @@ def _resolve_image(store, text: str):
     from pybuild.oci.store import ImageNotFound
 
     if text.startswith("oci-archive:"):
-        from pybuild.oci.archive import ArchiveError, load_oci_archive
+        from pybuild.oci.archive import ArchiveError, read_oci_archive
 
         path = text[len("oci-archive:"):]
         if not path:
@@ -85,7 +90,7 @@ def _resolve_image(store, text: str):
         if os.path.isdir(path):
             raise PybuildError(f"{text}: is a directory, not an archive file")
         try:
-            loaded = load_oci_archive(path, store.content, store.images)
+            loaded = read_oci_archive(path, store.content)
         except OSError as e:
             raise PybuildError(f"{text}: {e.strerror or e}") from None
         except (ArchiveError, ValueError) as e:
@@ -93,7 +98,10 @@ def _resolve_image(store, text: str):
         digests = {d for _, d in loaded}
         if len(digests) != 1:
             raise PybuildError(f"{text}: the archive holds {len(digests)} images; run needs exactly one")
-        return load_image(store.content, digests.pop()), text
+        try:
+            return load_image(store.content, digests.pop()), text
+        except ValueError as e:  # InvalidImage: a manifest/config that does not fit together
+            raise PybuildError(f"{text}: {e}") from None
     try:
         return store.images.image(text), text
     except ImageNotFound as e:
@@ -239,11 +247,34 @@ def run(args, store_factory) -> int:
         os.close(lock_fd)
         if args.rm:
             launch.remove(store, containers, ctr, force=False)
+            if args.image.startswith("oci-archive:"):
+                _drop_unused_image(store, img)
     if status.oom_killed:
         mem = config["Resources"]["Memory"]
         print(f"pybuild: container killed: out of memory, limit {mem / (1 << 20):g} MiB" if mem
               else "pybuild: container killed: out of memory", file=sys.stderr)
     return status.code
+
+
+def _drop_unused_image(store, img) -> None:
+    """After `run --rm oci-archive:FILE`: the image was never tagged, so once its container is
+    gone its snapshots (which `fsck` would report as garbage) and blobs are unreferenced unless
+    an image, a container or a cache record also uses them.  Remove those of ``img`` that
+    nothing reaches, under the exclusive GC lock; if a build or another command holds the store
+    (GCBusy) or index.json is unreadable, leave them for `prune`."""
+    from pybuild.cache import gc
+
+    try:
+        with gc.exclusive(store.root, wait=False):
+            roots = gc.mark(store, include_cache=True)
+            for layer in img.layers:
+                if layer.diff_id not in roots.diff_ids:
+                    store.snapshots.remove(layer.diff_id)
+            for digest in [img.manifest_digest, img.config_digest] + [layer.digest for layer in img.layers]:
+                if digest not in roots.blobs:
+                    store.content.delete(digest)
+    except (gc.GCBusy, ValueError, OSError):
+        pass
 
 
 def _drop_anonymous(store, mounts: list[dict]) -> None:
