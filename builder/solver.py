@@ -262,7 +262,9 @@ class Solver:
         self.store.snapshots.lowerdirs(img.layers)
         cfg = new_config(img.config)
         base_created = cfg.pop("created", None)
-        cfg["config"].setdefault("Env", [f"PATH={DEFAULT_PATH}"])
+        env = cfg["config"].setdefault("Env", [])
+        if not any(e.startswith("PATH=") for e in env):  # as BuildKit: "make sure that PATH is always set"
+            env.append(f"PATH={DEFAULT_PATH}")
         shell = list(cfg["config"].get("Shell") or DEFAULT_SHELL)  # a base image's SHELL applies, as in BuildKit
         return StageState(layers=list(img.layers), config=cfg, key=step_key(None, {"from": img.manifest_digest}),
                           shell=shell, created=base_created if isinstance(base_created, str) else None), bool(fresh)

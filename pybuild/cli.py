@@ -52,8 +52,9 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                             "a git repository (REPO.git, git://, ssh://, git@HOST:PATH, file://; #REF:SUBDIR picks a "
                             "branch, tag or commit and the context directory in it) or an http(s) tar (a plain file "
                             "there is the Dockerfile, with an empty context)")
-        b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile; - reads it from stdin; with a context tar "
-                            "on stdin or a URL context, a path inside that context)")
+        b.add_argument("-f", "--file", help="Dockerfile path (default: PATH/Dockerfile, else PATH/dockerfile; "
+                            "- reads it from stdin; with a context tar on stdin or a URL context, a path inside "
+                            "that context)")
         b.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
         b.add_argument("--build-arg", action="append", default=[], metavar="K=V",
                        help="set a build argument (K alone takes its value from the environment)")
@@ -404,6 +405,51 @@ def _ssh_sources(items: list[str], agents) -> dict[str, str]:
 
 
 def cmd_build(args) -> int:
+    """`pybuild build`; with rawjson progress, a failure before the steps run (a flag, the context,
+    the Dockerfile) ends the stream with a `build.error` event too, as one of a step does."""
+    try:
+        return _cmd_build(args)
+    except PybuildError as exc:
+        reporter = _early_reporter(args)
+        if reporter is None:
+            raise  # main prints it as ever
+        reporter.build_error(str(exc), None, None, getattr(exc, "location", None))
+        return exc.exit_code
+
+
+def _early_reporter(args):
+    """rawjson's reporter for a build failing before (or, as a --push, after) its steps, so that
+    the event stream still ends in `build.error`; None for the other modes (their text errors are
+    printed as ever) and when the mode cannot be read (a bad config file: that error stays text)."""
+    try:
+        mode = _progress_mode(args.progress)
+    except PybuildError:
+        return None
+    if mode == "auto":  # as make_reporter resolves it
+        mode = os.environ.get("PYBUILD_PROGRESS", "").strip().lower()
+    if mode != "rawjson":
+        return None
+    from pybuild.ui.rawjson import RawJSONReporter
+
+    return RawJSONReporter(sys.stderr, quiet=args.quiet)
+
+
+def _dockerfile_failure(args, exc, text: str, dockerfile_name: str) -> int:
+    """A Dockerfile that does not parse (or an invalid `# check=` directive), before any step:
+    `ERROR: FILE:LINE:COL: message`, the line and a caret, or rawjson's `build.error` event
+    (the message, BuildKit's excerpt and where) as a failed step's."""
+    from pybuild.progress import dockerfile_excerpt
+
+    reporter = _early_reporter(args)
+    if reporter is None:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    location = f"{exc.filename}:{exc.line}:{exc.col}"
+    reporter.build_error(exc.headline, None, dockerfile_excerpt(text, dockerfile_name, location), location)
+    return 1
+
+
+def _cmd_build(args) -> int:
     _check_platform(args.platform)
     labels = _labels(args.label)
     if args.context == "-" and args.file == "-":
@@ -479,7 +525,7 @@ def _dockerfile_in_context(context: Path, name: str | None, where: str, inside: 
     tar, the repository), never the temporary directory."""
     import posixpath
 
-    rel = posixpath.normpath((name or "Dockerfile").lstrip("/"))
+    rel = posixpath.normpath(name.lstrip("/")) if name else _default_dockerfile(context).name
     path = context / rel
     # a symlink out of the context (a repository can hold one) is no Dockerfile of it
     if rel.startswith("../") or rel == ".." or not path.resolve().is_relative_to(context.resolve()) \
@@ -488,6 +534,16 @@ def _dockerfile_in_context(context: Path, name: str | None, where: str, inside: 
             raise PybuildError(f"{where}: no Dockerfile {inside} ({hint})")
         raise PybuildError(f"{where}: -f {name}: no such file {inside}")
     return str(path)
+
+
+def _default_dockerfile(context: Path) -> Path:
+    """The Dockerfile of ``context`` when -f is not given: ``Dockerfile``, else ``dockerfile`` when
+    only that lowercase name is there, as docker's CLI (build/context.go getDockerfileRelPath) and
+    BuildKit's dockerui frontend (ReadEntrypoint, "dockerfile is also supported casing") fall back."""
+    path = context / "Dockerfile"
+    if not os.path.lexists(path) and os.path.lexists(context / "dockerfile"):
+        return context / "dockerfile"
+    return path
 
 
 def check_platform_syntax(platform: str) -> None:
@@ -578,7 +634,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
         data = sys.stdin.buffer.read() if stdin_dockerfile is None else stdin_dockerfile
         dockerfile_path = context / "Dockerfile"  # for the .dockerignore lookup
     else:
-        dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
+        dockerfile_path = Path(args.file) if args.file else _default_dockerfile(context)
         try:
             data = dockerfile_path.read_bytes()
         except OSError as exc:
@@ -593,7 +649,9 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
         line_start = data.rfind(b"\n", 0, exc.start) + 1  # the line's text before the bad byte is valid UTF-8
         col = len(data[line_start: exc.start].decode("utf-8-sig" if line_start == 0 else "utf-8")) + 1
         where = f"{label}: {dockerfile_name}" if tar_context is not None else str(dockerfile_path)
-        raise PybuildError(f"{where}:{line}:{col}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+        err = PybuildError(f"{where}:{line}:{col}: not valid UTF-8 (byte 0x{data[exc.start]:02x})")
+        err.location = f"{dockerfile_name}:{line}:{col}"  # rawjson's build.error fields
+        raise err from None
     for tag in args.tag:
         try:
             parse_reference(tag)
@@ -601,9 +659,8 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
             raise UsageError(f"-t {tag}: {exc}") from None
     try:
         dockerfile = parse(text, dockerfile_name)
-    except DockerfileError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)  # FILE:LINE:COL: message, then the line and a caret
-        return 1
+    except DockerfileError as exc:  # FILE:LINE:COL: message, then the line and a caret
+        return _dockerfile_failure(args, exc, text, dockerfile_name)
     output = _output_spec(args.output, args.tag) if args.output else None
     for flag, path in (("--iidfile", args.iidfile), ("--metadata-file", args.metadata_file)):
         if path:
@@ -632,13 +689,16 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
     try:
         lint_config, warnings = _lint(dockerfile, options.build_args, store)
     except DockerfileError as exc:  # an invalid `# check=` directive
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
+        return _dockerfile_failure(args, exc, text, dockerfile_name)
     if lint_config.error and warnings:  # `# check=error=true`: BuildKit fails before any step
+        violation = f"lint violation found for rules: {', '.join(sorted({w.rule for w in warnings}))}"
+        if (early := _early_reporter(args)) is not None:
+            early.build_lint([(w.rule, w.message, w.span.start_line) for w in warnings])
+            early.build_error(violation)
+            return 1
         for w in warnings:
             print(w.format(), file=sys.stderr)
-        print(f"ERROR: lint violation found for rules: {', '.join(sorted({w.rule for w in warnings}))}",
-              file=sys.stderr)
+        print(f"ERROR: {violation}", file=sys.stderr)
         return 1
     reporter = make_reporter(_progress_mode(args.progress), sys.stderr, quiet=args.quiet)
     try:
@@ -648,10 +708,11 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
     except StepFailed as exc:
         _print_cache_report(args, reporter)
         reporter.build_error(str(exc), str(exc.log_path) if exc.log_path else None,
-                             dockerfile_excerpt(text, dockerfile_name, exc.location))
+                             dockerfile_excerpt(text, dockerfile_name, exc.location), exc.location)
         return 1
     except PybuildError as exc:  # e.g. a COPY source that is not there: same channel as a failed RUN
-        reporter.build_error(str(exc), None, dockerfile_excerpt(text, dockerfile_name, getattr(exc, "location", None)))
+        location = getattr(exc, "location", None)
+        reporter.build_error(str(exc), None, dockerfile_excerpt(text, dockerfile_name, location), location)
         return exc.exit_code
     _print_cache_report(args, reporter)
     image_id = _image_id(store, record.manifest.digest)

@@ -295,7 +295,10 @@ def dockerfile_excerpt(text: str, name: str, location: str | None, context: int 
     Dockerfile ``text``, the failing instruction (all its lines) marked ``>>>``.  When COL points
     into the instruction rather than at its keyword (a flag, an argument), a ``^`` line under
     LINE marks that column.  None when the location is elsewhere (e.g. a base image's ONBUILD
-    trigger).  Pure."""
+    trigger).  Lines end at ``\\n`` (a trailing ``\\r`` dropped), as the parser counts them; control
+    characters in them are escaped as in parse errors (``\\x00``).  Pure."""
+    from pybuild.grammar.errors import caret_padding, printable
+
     if not location or not location.startswith(name + ":"):
         return None
     nums = location[len(name) + 1:].split(":")
@@ -303,7 +306,9 @@ def dockerfile_excerpt(text: str, name: str, location: str | None, context: int 
         return None
     line = int(nums[0])
     col = int(nums[1]) if len(nums) == 2 else None
-    lines = text.removeprefix("\ufeff").splitlines()  # a UTF-8 byte order mark is not shown
+    lines = [ln.rstrip("\r") for ln in text.removeprefix("\ufeff").split("\n")]  # a BOM is not shown
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts none
     if not 1 <= line <= len(lines):
         return None
 
@@ -328,13 +333,12 @@ def dockerfile_excerpt(text: str, name: str, location: str | None, context: int 
     width = len(str(last))
     body: list[str] = []
     for n in range(first, last + 1):
-        body.append(f" {n:>{width}} | {'>>> ' if start <= n <= end else '    '}{lines[n - 1]}".rstrip())
+        body.append(f" {n:>{width}} | {'>>> ' if start <= n <= end else '    '}{printable(lines[n - 1])}".rstrip())
         src = lines[n - 1]
         keyword_col = len(src) - len(src.lstrip()) + 1
         if n == line and col is not None and not (n == start and col == keyword_col):
             # tabs kept in the padding so that the caret lines up under tab-indented source
-            pad = "".join("\t" if c == "\t" else " " for c in src[: col - 1])
-            body.append(f" {'':>{width}} |     {pad}^")
+            body.append(f" {'':>{width}} |     {caret_padding(src, col)}^")
     rule = "-" * 20
     return "\n".join([f"{name}:{start}", rule, *body, rule])
 
@@ -362,7 +366,10 @@ class ReporterBase:
         for rule, message, line in warnings:
             print(f" - {rule}: {message} (line {line})", file=sys.stderr)
 
-    def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None) -> None:
+    def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None,
+                    location: str | None = None) -> None:
+        """How a failed build ends; ``location`` ("FILE:LINE[:COL]", in ``message`` too) is for
+        rawjson's fields."""
         if excerpt:
             print(excerpt, file=sys.stderr)
         print(f"ERROR: {message}", file=sys.stderr)

@@ -83,6 +83,40 @@ def test_dockerfile_from_stdin_with_context_dir(cli, tmp_path):
     assert cli("run", "fstdin", "cat", "/copied", check=True).stdout == "dir context\n"
 
 
+def test_lowercase_dockerfile_is_the_default_when_there_is_no_Dockerfile(cli, tmp_path):
+    """As docker's CLI (getDockerfileRelPath) and BuildKit's frontend: without -f, a context with
+    no `Dockerfile` but a `dockerfile` builds that; `Dockerfile` wins when both are there; -f
+    Dockerfile names that file only.  A context tar on stdin alike; `check` too."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a").write_text("lower\n")
+    (ctx / "dockerfile").write_text(DOCKERFILE)
+    cli("build", "-t", "lower:1", str(ctx), check=True)
+    assert cli("run", "--network", "none", "lower:1", "cat", "/copied", check=True).stdout == "lower\n"
+    assert cli("check", str(ctx)).code == 0
+    res = cli("build", "-f", str(ctx / "Dockerfile"), str(ctx))
+    assert res.code == 1 and "cannot read Dockerfile" in res.stderr
+    (ctx / "Dockerfile").write_text(DOCKERFILE.replace("x=1", "x=upper"))
+    cli("build", "-t", "upper:1", str(ctx), check=True)
+    assert _config(cli, "upper:1")["Labels"]["x"] == "upper"
+    (tmp_path / "ctx.tar").write_bytes(_tar({"dockerfile": DOCKERFILE.encode(), "a": b"tar lower\n"}))
+    with open(tmp_path / "ctx.tar", "rb") as stdin:
+        cli("build", "-t", "tarlower:1", "-", stdin=stdin, check=True)
+    assert cli("run", "--network", "none", "tarlower:1", "cat", "/copied", check=True).stdout == "tar lower\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = cli("build", str(empty))
+    assert res.code == 1 and f"cannot read Dockerfile {empty / 'Dockerfile'}" in res.stderr
+
+
+def test_binary_dockerfile_error_escapes_control_bytes(cli):
+    """`printf '\\x00\\x01binary' | pybuild build -`: the error shows the bytes escaped, never raw."""
+    res = cli("build", "-", input="\x00\x01binary")
+    assert res.code == 1
+    assert res.stderr.splitlines() == ["ERROR: Dockerfile:1:1: unknown instruction \\x00\\x01binary",
+                                       "\\x00\\x01binary", "^"]
+
+
 def test_both_stdin_is_a_usage_error(cli):
     res = cli("build", "-f", "-", "-", input="")
     assert res.code == 2 and "cannot both read stdin" in res.stderr

@@ -98,3 +98,49 @@ def test_rawjson_cold_and_failure(cli, ctx):
     events = normalise_events(cold.stderr) + [{"---": "failure"}] + normalise_events(failed.stderr)
     text = "\n".join(json.dumps(e, sort_keys=True) for e in events) + "\n"
     check("rawjson_build.jsonl", text.replace(str(ctx), "$CTX"))
+
+
+def test_rawjson_failures_before_the_steps_end_with_build_error(cli, ctx):
+    """A build that stops before its steps (the Dockerfile does not parse or cannot be read, a bad
+    flag, `# check=error=true`) ends rawjson's stream with the `build.error` event a failed step
+    ends it with, not with text: every line is JSON, the exit status is as with plain."""
+    def events(*args, **kw):
+        res = cli("build", "--progress", "rawjson", *args, **kw)
+        return res.code, normalise_events(res.stderr.replace(str(ctx), "$CTX"))
+
+    (ctx / "typo.Dockerfile").write_text("FROM busybox\nRUNN x\n")
+    code, ev = events("-f", str(ctx / "typo.Dockerfile"), str(ctx))
+    assert code == 1 and ev == [{
+        "type": "build.error", "time": "<t>", "error": "$CTX/typo.Dockerfile:2:1: unknown instruction RUNN "
+        "(did you mean RUN?)", "log": None, "excerpt": "$CTX/typo.Dockerfile:2\n--------------------\n"
+        " 1 |     FROM busybox\n 2 | >>> RUNN x\n--------------------",
+        "file": "$CTX/typo.Dockerfile", "line": 2, "column": 1}]
+    code, ev = events("-f", str(ctx / "nope.Dockerfile"), str(ctx))
+    assert code == 1 and ev == [{
+        "type": "build.error", "time": "<t>", "error": "cannot read Dockerfile $CTX/nope.Dockerfile: "
+        "No such file or directory", "log": None, "excerpt": None, "file": None, "line": None, "column": None}]
+    code, ev = events("--build-arg", "=x", str(ctx))
+    assert code == 2 and [(e["type"], e["error"]) for e in ev] == [
+        ("build.error", "--build-arg '=x': expected KEY=VALUE")]
+    code, ev = events("-", input="\x00\x01binary")  # a binary Dockerfile on stdin: escaped
+    assert code == 1 and ev[-1]["error"] == "Dockerfile:1:1: unknown instruction \\x00\\x01binary"
+    (ctx / "bad.Dockerfile").write_bytes(b"FROM busybox\nRUN echo \xff\n")
+    code, ev = events("-q", "-f", str(ctx / "bad.Dockerfile"), str(ctx))  # -q: still the event
+    assert code == 1 and [(e["type"], e["file"], e["line"], e["column"]) for e in ev] == [
+        ("build.error", "$CTX/bad.Dockerfile", 2, 10)]
+    (ctx / "strict.Dockerfile").write_text("# check=error=true\nFROM busybox\nCMD echo hi\n")
+    code, ev = events("-f", str(ctx / "strict.Dockerfile"), str(ctx))
+    assert code == 1 and [(e["type"], e.get("rule"), e.get("error")) for e in ev] == [
+        ("lint.warning", "JSONArgsRecommended", None),
+        ("build.error", None, "lint violation found for rules: JSONArgsRecommended")]
+    env = dict(cli.env(), PYBUILD_PROGRESS="rawjson")  # auto honours it as the build does
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "pybuild", "build", "-f", str(ctx / "typo.Dockerfile"), str(ctx)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 1 and json.loads(res.stderr)["line"] == 2
+    # plain keeps its text: the error, the source line and a caret
+    res = cli("build", "--progress", "plain", "-f", str(ctx / "typo.Dockerfile"), str(ctx))
+    assert res.code == 1 and res.stderr.splitlines() == [
+        f"ERROR: {ctx}/typo.Dockerfile:2:1: unknown instruction RUNN (did you mean RUN?)", "RUNN x", "^"]

@@ -400,6 +400,32 @@ def test_error_str_has_location_source_and_caret() -> None:
     ]
 
 
+def test_error_str_escapes_control_characters() -> None:
+    """A binary file read as a Dockerfile: its bytes are not echoed raw (a NUL, an ANSI escape),
+    but escaped as Go's %q writes them; the caret still points at the column."""
+    from pybuild.grammar.errors import printable
+
+    with pytest.raises(DockerfileError) as info:
+        parse("\x00\x01binary", "Dockerfile")
+    assert info.value.message == "unknown instruction \x00\x01binary"  # the raw text stays on the error
+    assert str(info.value) == "Dockerfile:1:1: unknown instruction \\x00\\x01binary\n\\x00\\x01binary\n^"
+    with pytest.raises(DockerfileError) as info:
+        parse("FROM a\nRUN\x1b[31m x\n", "Dockerfile")
+    assert str(info.value).splitlines()[:2] == ["Dockerfile:2:1: unknown instruction RUN\\x1b[31m",
+                                                "RUN\\x1b[31m x"]
+    with pytest.raises(DockerfileError) as info:  # a column after an escaped character
+        parse("FROM a\nCOPY --chown=\x01x --frm=a b c\n", "Dockerfile")
+    assert str(info.value).splitlines()[1:] == ["COPY --chown=\\x01x --frm=a b c",
+                                                "                   ^"]
+    assert all(c.isprintable() for c in str(info.value).replace("\n", ""))
+    # ordinary UTF-8 text and tabs are shown as they are; C1, DEL, separators and bidi controls escaped
+    assert printable("héllo wörld 中文 🐳\tx") == "héllo wörld 中文 🐳\tx"
+    assert printable("a\x7fb\x85c\u2028d\u202ee\r\n") == "a\\x7fb\\u0085c\\u2028d\\u202ee\\x0d\\x0a"
+    with pytest.raises(DockerfileError) as info:
+        parse("FROM a\nRÜNN é\n", "Dockerfile")
+    assert str(info.value).splitlines()[1] == "RÜNN é"
+
+
 @pytest.mark.parametrize("engine", ["fast", "lark"])
 def test_flag_and_word_positions_for_build_errors(engine: str) -> None:
     """Where each flag and argument of an instruction is (1-based line:col), for the errors the

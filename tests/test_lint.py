@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -278,9 +279,13 @@ def test_undefined_var_sees_the_base_image_env_when_given():
     # the stage on base:1 and the one built on it see the image's ENV; "other" still does not
     assert names(lint(df, None, env)) == [
         (4, "Usage of undefined variable '$NOPE'"), (8, "Usage of undefined variable '$APP_USER'")]
-    # an image env without PATH: $PATH is then undefined, as in BuildKit
-    df = parse("FROM base:1\nENV P=$PATH\n", "Dockerfile")
-    assert names(lint(df, None, {"base:1": {}})) == [(2, "Usage of undefined variable '$PATH'")]
+    # an image env without PATH: BuildKit sets its default PATH first ("make sure that PATH is
+    # always set", dockerfile2llb), so $PATH is defined, as the build expands it
+    df = parse("FROM base:1\nENV P=$PATH\nENV PATH=/opt/bin:$PATH\nFROM scratch\nENV PATH=/x:$PATH\n",
+               "Dockerfile")
+    assert names(lint(df, None, {"base:1": {}})) == []
+    assert names(lint(df, None, {"base:1": {"HOME": "/root"}})) == []
+    assert names(lint(df)) == []
 
 
 @pytest.mark.slow
@@ -301,6 +306,33 @@ def test_cli_check_reads_base_image_env_from_the_store(cli, tmp_path):
     assert r.code == 0, r.output
     assert sum("UndefinedVar" in line for line in r.stdout.splitlines()) == 3
     assert not empty.exists()  # check does not create a state directory
+
+
+@pytest.mark.slow
+def test_path_of_a_base_image_without_one_is_the_default(cli, tmp_path):
+    """busybox:latest (samples/make-busybox.sh) has no Env: the build expands $PATH to the default
+    PATH, and neither the build's closing warnings nor `check` call it undefined, as BuildKit."""
+    (tmp_path / "Dockerfile").write_text("FROM busybox:latest\nENV PATH=/opt/bin:$PATH\nWORKDIR $NOPE\n")
+    res = cli("build", "--progress", "plain", "-t", "pathy:1", str(tmp_path), check=True)
+    undefined = [line for line in res.stderr.splitlines() if "UndefinedVar" in line]
+    assert undefined == [" - UndefinedVar: Usage of undefined variable '$NOPE' (line 3)"], res.stderr
+    env = json.loads(cli("inspect", "pathy:1", check=True).stdout)[0]["Config"]["Env"]
+    assert "PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in env
+    r = cli("check", str(tmp_path))
+    assert [line for line in r.stdout.splitlines() if "UndefinedVar" in line] == [
+        f"{tmp_path / 'Dockerfile'}:3:9: UndefinedVar: Usage of undefined variable '$NOPE'"], r.output
+
+
+def test_path_is_added_to_a_base_env_that_lacks_it(cli, tmp_path):
+    """A base whose Env has entries but no PATH still gets the default one, as BuildKit appends it
+    ("make sure that PATH is always set"); was `PATH=/opt/bin:` (only a missing Env got it)."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    cli("import", "-c", "ENV FOO=1", str(rootfs), "envbase:1", check=True)
+    (tmp_path / "Dockerfile").write_text("FROM envbase:1\nENV PATH=/opt/bin:$PATH\n")
+    cli("build", "-q", "-t", "pathy:2", str(tmp_path), check=True)
+    env = json.loads(cli("inspect", "pathy:2", check=True).stdout)[0]["Config"]["Env"]
+    assert env == ["FOO=1", "PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
 
 def test_undefined_var_points_at_the_variable_on_its_continuation_line():

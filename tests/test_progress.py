@@ -276,6 +276,30 @@ def test_rawjson_quiet():
     assert [json.loads(line)["type"] for line in out.getvalue().splitlines()] == ["vertex.error", "warning"]
 
 
+def test_rawjson_build_error_says_where():
+    """`build.error` has the same fields for every failure: file/line/column from the error's
+    location when it is a Dockerfile line, else null; written with -q too."""
+    from pybuild.ui.rawjson import RawJSONReporter, split_location
+
+    out = io.StringIO()
+    rep = RawJSONReporter(out, quiet=True, clock=lambda: 1.0)
+    rep.build_error("Dockerfile:2:1: unknown instruction RUNN", None, "EXCERPT", "Dockerfile:2:1")
+    rep.build_error("--target x: no such stage", None, None, "--target")
+    rep.build_error("cannot read Dockerfile nope: No such file or directory")
+    rep.build_error("sub:dir/Dockerfile:7: RUN exited 1", "/log", None, "sub:dir/Dockerfile:7")
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert events[0] == {"type": "build.error", "time": 1.0, "error": "Dockerfile:2:1: unknown instruction RUNN",
+                         "log": None, "excerpt": "EXCERPT", "file": "Dockerfile", "line": 2, "column": 1}
+    assert [(e["file"], e["line"], e["column"]) for e in events[1:]] == [
+        (None, None, None), (None, None, None), ("sub:dir/Dockerfile", 7, None)]
+    assert all(set(e) == set(events[0]) for e in events)
+    assert split_location("a:1:2:3") == ("a:1", 2, 3)
+    # the plain reporter takes the location too (it is in the message already)
+    from pybuild.progress import ReporterBase
+
+    ReporterBase().build_error("m", None, None, "Dockerfile:1:1")
+
+
 # ---------------------------------------------------------------- tty
 
 def test_tty_screen_mid_build_and_final():
@@ -574,3 +598,20 @@ def test_dockerfile_excerpt_does_not_show_a_byte_order_mark():
     out = dockerfile_excerpt(text, "Dockerfile", "Dockerfile:1:6")
     assert "\ufeff" not in out
     assert out.splitlines()[2:4] == [" 1 | >>> FROM busybox", "   |          ^"]
+
+
+def test_dockerfile_excerpt_escapes_control_characters_and_counts_lines_as_the_parser():
+    """Control characters are shown escaped (\\x1b, not an ANSI sequence), the caret under its
+    column; lines end at \\n only (a form feed or a CR inside a line starts none), CRLF is one end."""
+    from pybuild.progress import dockerfile_excerpt
+
+    text = "FROM busybox\r\nRUN echo \x1b[31m\x0c red\r\nCOPY --chown=\x01 --bad=1 a b\r\n"
+    out = dockerfile_excerpt(text, "Dockerfile", "Dockerfile:3:16")  # --bad
+    assert out.splitlines() == [
+        "Dockerfile:3", "--------------------",
+        " 1 |     FROM busybox",
+        " 2 |     RUN echo \\x1b[31m\\x0c red",
+        " 3 | >>> COPY --chown=\\x01 --bad=1 a b",
+        "   |     " + " " * len("COPY --chown=\\x01 ") + "^",
+        "--------------------"]
+    assert all(c.isprintable() for c in out.replace("\n", ""))

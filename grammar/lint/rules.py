@@ -52,9 +52,11 @@ PROXY_ARGS = frozenset({
     "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
     "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
 })
-# The environment assumed for an external base image whose config the caller did not supply:
-# BuildKit's default PATH.
-DEFAULT_IMAGE_ENV = frozenset({"PATH"})
+# BuildKit's default PATH, which it adds to a stage's image env when the base image has none
+# (dockerfile2llb: "make sure that PATH is always set"), before the instructions are checked.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The environment assumed for an external base image whose config the caller did not supply.
+DEFAULT_IMAGE_ENV = {"PATH": DEFAULT_PATH}
 
 
 class _Recorder(Mapping[str, str]):
@@ -325,7 +327,8 @@ def undefined_var(ctx: Context) -> Iterator[Finding]:
     Checked: ADD, COPY, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR, ARG defaults (not
     RUN/CMD/ENTRYPOINT, whose shell expands).  A stage on an earlier stage starts with that stage's
     variables; one on an external image with that image's ENV when the caller supplied it
-    (``Context.base_env``), else with ``PATH`` only.
+    (``Context.base_env``), else with ``PATH`` only; PATH is always set (BuildKit's default when
+    the image has none), so ``ENV PATH=/x:$PATH`` is never reported.
     """
     global_defaults = {k: v for ins in ctx.df.global_args for k, v in ins.pairs}
     scopes: dict[int, dict[str, str]] = {}
@@ -335,7 +338,8 @@ def undefined_var(ctx: Context) -> Iterator[Finding]:
             env = dict(scopes[parent])
         else:
             image_env = ctx.base_env.get(ctx.expand_base(st.base.image))
-            env = dict(image_env) if image_env is not None else {k: "" for k in DEFAULT_IMAGE_ENV}
+            env = dict(image_env) if image_env is not None else dict(DEFAULT_IMAGE_ENV)
+            env.setdefault("PATH", DEFAULT_PATH)
         known = env.keys() | PLATFORM_ARGS | PROXY_ARGS
         for ins in st.instructions:
             reported: set[str] = set()

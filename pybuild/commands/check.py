@@ -33,7 +33,9 @@ def run(args, store_factory) -> int:
     from pybuild.grammar import DockerfileError, parse
     from pybuild.grammar.lint import check_config, lint
 
-    path = Path(args.file) if args.file else Path(args.context) / "Dockerfile"
+    from pybuild.cli import _default_dockerfile  # `dockerfile` when only that is there, as the build
+
+    path = Path(args.file) if args.file else _default_dockerfile(Path(args.context))
     if not path.is_file():
         raise UsageError(f"check: Dockerfile {str(path)!r} not found")
     try:

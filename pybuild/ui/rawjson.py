@@ -16,6 +16,17 @@ also carry `vertex` (the step number, the `#N` of plain output) and `name`
     {"type": "warning",          "time": ..., "message": "..."}
     {"type": "lint.warning",     "time": ..., "rule": "JSONArgsRecommended", "message": "...", "line": 5}
     {"type": "info",             "time": ..., "message": "..."}
+    {"type": "image.written",    "time": ..., "id": "sha256:...", "digest": "sha256:...", "names": ["app:1"]}
+    {"type": "build.error",      "time": ..., "error": "Dockerfile:2:1: unknown instruction RUNN ...",
+                                 "log": null, "excerpt": "Dockerfile:2\\n---...", "file": "Dockerfile",
+                                 "line": 2, "column": 1}
+
+`build.error` closes every failed build, whether a step failed or the build stopped before its
+steps (the Dockerfile does not parse or cannot be read, a bad flag): `error` is the one-line
+message (as after plain output's `ERROR:`), `log` the failed RUN's whole output (a file) or null,
+`excerpt` BuildKit's Dockerfile excerpt (the instruction marked `>>>`) or null; `file`, `line`
+(1-based) and `column` (1-based, null when only the line is known) say where in the Dockerfile
+the error is, all null when it is about no Dockerfile line (a flag, the build context).
 
 `elapsed`/`duration`/`saved` are seconds (floats, millisecond precision);
 `line` is one line of the step's output without its newline (undecodable bytes
@@ -106,5 +117,19 @@ class RawJSONReporter(ReporterBase):
         for rule, message, line in warnings:
             self._emit("lint.warning", force=True, rule=rule, message=message, line=line)
 
-    def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None) -> None:
-        self._emit("build.error", force=True, error=message, log=log_path, excerpt=excerpt)
+    def build_error(self, message: str, log_path: str | None = None, excerpt: str | None = None,
+                    location: str | None = None) -> None:
+        file, line, column = split_location(location)
+        self._emit("build.error", force=True, error=message, log=log_path, excerpt=excerpt,
+                   file=file, line=line, column=column)
+
+
+def split_location(location: str | None) -> tuple[str | None, int | None, int | None]:
+    """(file, line, column) of an error's ``location`` "FILE:LINE[:COL]"; (None, None, None) for
+    any other (a flag such as "--target", none)."""
+    import re
+
+    m = re.fullmatch(r"(.+?):(\d+)(?::(\d+))?", location or "", flags=re.S)
+    if m is None:
+        return None, None, None
+    return m[1], int(m[2]), int(m[3]) if m[3] else None
