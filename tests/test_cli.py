@@ -63,7 +63,7 @@ def test_run_start_up_does_not_load_the_cache_index_or_archives(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["image"], "unknown command 'image' (did you mean images?)"),
+    (["imagess"], "unknown command 'imagess' (did you mean images?)"),
     (["nosuchcmd"], "pybuild: unknown command or build context 'nosuchcmd' (commands: build, check, "),
     (["nosuchcmd"], "; a context must be an existing directory, - or a URL)"),
     (["build"], "the following arguments are required: PATH | URL | -"),
