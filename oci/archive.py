@@ -109,15 +109,24 @@ def save_oci_archive(
     """Write an OCI image-layout tarball holding ``images`` (``(ref, manifest digest)`` pairs).
 
     index.json has one entry per reference, annotated with ``org.opencontainers.image.ref.name``
-    and ``io.containerd.image.name`` = ``name:tag``.  Members are in a fixed order with fixed
-    metadata, so the same images give a byte-identical file.  Blobs are streamed (and their
-    digests re-verified); the file appears at ``out`` only when complete.
+    and ``io.containerd.image.name`` = ``name:tag``; a ref of None gives an entry without
+    annotations (an unnamed image, as buildx's ``type=oci`` output without ``name=``), after the
+    named ones.  Members are in a fixed order with fixed metadata, so the same images give a
+    byte-identical file.  Blobs are streamed (and their digests re-verified); the file appears at
+    ``out`` only when complete.
     """
     out = Path(out)
     mtime = int(source_date_epoch or 0)
     entries: dict[str, dict] = {}
+    unnamed: dict[str, dict] = {}
     blobs: set[str] = set()
     for ref, manifest_digest in images:
+        if ref is None:
+            manifest, digests = _blob_closure(content, manifest_digest)
+            unnamed[manifest_digest] = {"mediaType": manifest.get("mediaType"), "digest": manifest_digest,
+                                        "size": content.size(manifest_digest)}
+            blobs.update(digests)
+            continue
         ref = parse_reference(ref)
         if ref.tag is None:
             raise InvalidReference(str(ref), "an archive entry needs name:tag")
@@ -132,12 +141,12 @@ def save_oci_archive(
             "annotations": {ANNOTATION_REF_NAME: name, ANNOTATION_CONTAINERD_NAME: name},
         }
         blobs.update(digests)
-    if not entries:
+    if not entries and not unnamed:
         raise ArchiveError("no images to save")
     index = {
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_INDEX,
-        "manifests": [entries[name] for name in sorted(entries)],
+        "manifests": [entries[name] for name in sorted(entries)] + [unnamed[d] for d in sorted(unnamed)],
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -115,8 +115,9 @@ def save_docker_archive(
 ) -> None:
     """Write a ``docker save`` archive of ``images`` (``(ref, manifest digest)`` pairs).
 
-    One manifest.json entry per distinct image (its RepoTags sorted); layers stored once
-    per diff_id, uncompressed.  Deterministic (fixed member order and metadata); the file
+    One manifest.json entry per distinct image (its RepoTags sorted; a ref of None adds no tag,
+    so an image given only so has ``"RepoTags": []``, as ``docker save IMAGE-ID``); layers stored
+    once per diff_id, uncompressed.  Deterministic (fixed member order and metadata); the file
     appears at ``out`` only when complete.
     """
     out = Path(out)
@@ -124,13 +125,15 @@ def save_docker_archive(
     order: list[str] = []
     tags: dict[str, set[str]] = {}
     for ref, manifest_digest in images:
-        ref = parse_reference(ref)
-        if ref.tag is None:
-            raise InvalidReference(str(ref), "an archive entry needs name:tag")
+        if ref is not None:
+            ref = parse_reference(ref)
+            if ref.tag is None:
+                raise InvalidReference(str(ref), "an archive entry needs name:tag")
         if manifest_digest not in tags:
             order.append(manifest_digest)
             tags[manifest_digest] = set()
-        tags[manifest_digest].add(ref.tagged)
+        if ref is not None:
+            tags[manifest_digest].add(ref.tagged)
     if not order:
         raise ArchiveError("no images to save")
 

@@ -461,7 +461,7 @@ def _cmd_build(args) -> int:
     # A stdin or URL context lives in this directory, removed after the build (also on error,
     # Ctrl-C, SIGTERM). It is a work dir of the store (tmp/<pid>-<start>-<rand>), so what a
     # SIGKILLed build leaves is swept by the next build's clean_stale, not left in /tmp.
-    with _context_dir(args) as tmp:
+    with _archive_stdout(args), _context_dir(args) as tmp:
         stdin_dockerfile = None
         if _looks_like_url(args.context):
             return _build_url_context(args, labels, Path(tmp))
@@ -662,6 +662,8 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
     except DockerfileError as exc:  # FILE:LINE:COL: message, then the line and a caret
         return _dockerfile_failure(args, exc, text, dockerfile_name)
     output = _output_spec(args.output, args.tag) if args.output else None
+    if output is not None and output.get("dest") == "-":
+        output["stdout"] = getattr(args, "archive_stdout", None)  # the real stdout (fd 1 is stderr now)
     for flag, path in (("--iidfile", args.iidfile), ("--metadata-file", args.metadata_file)):
         if path:
             _check_output_file(flag, path)  # before the build: a bad path must not fail it after tagging
@@ -726,8 +728,8 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
         meta = {"containerimage.digest": record.manifest.digest, "containerimage.config.digest": image_id,
                 "image.name": ",".join(args.tag)}
         write_atomic(args.metadata_file, json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
-    if args.quiet:
-        print(image_id)
+    if args.quiet:  # stdout carries the archive of `-o -`: the id goes to stderr then, as buildx's
+        print(image_id, file=sys.stderr if output is not None and output.get("dest") == "-" else sys.stdout)
     else:
         reporter.build_written(image_id, record.manifest.digest, args.tag)
     # as BuildKit, the Dockerfile's lint warnings close the output (read again now that the base
@@ -787,11 +789,13 @@ OUTPUT_TYPES = ("image", "oci", "docker", "tar", "local", "registry")
 
 
 def _output_spec(text: str, tags: list[str]) -> dict:
-    """Parse --output like buildx: `type=oci,dest=out.tar,name=app:1`, or a bare path (type=local)."""
+    """Parse --output like buildx: `type=oci,dest=out.tar,name=app:1`, a bare path (type=local), or
+    `-` (type=tar,dest=-). `dest=-` streams an archive to stdout (never a terminal); for type=local
+    it means a tar of the directory there, as buildx. Destinations are checked here, before the build."""
     from pybuild.oci.reference import InvalidReference, parse_reference
 
     if "=" not in text:
-        spec = {"type": "local", "dest": text}
+        spec = {"type": "tar", "dest": "-"} if text == "-" else {"type": "local", "dest": text}
     else:
         spec = {}
         for part in text.split(","):
@@ -811,17 +815,55 @@ def _output_spec(text: str, tags: list[str]) -> dict:
         raise UsageError(f"--output {text}: push= applies to type=image or type=registry")
     if "dest" not in spec:
         raise UsageError(f"--output {text}: type={kind} needs dest=")
+    if kind == "local" and spec["dest"] == "-":
+        spec["type"] = kind = "tar"  # buildx: the directory's files as a tar on stdout
     if kind in ("oci", "docker"):
+        # unnamed is valid (buildx): index.json without a ref.name annotation, RepoTags []
         name = spec.get("name") or (tags[0] if tags else None)
-        if not name:
-            raise UsageError(f"--output {text}: an archive needs a name: add name=REF or -t")
         try:
-            spec["ref"] = parse_reference(name)
+            spec["ref"] = parse_reference(name) if name else None
         except InvalidReference as exc:
             raise UsageError(f"--output {text}: {exc}") from None
-    if kind in ("oci", "docker", "tar") and not Path(spec["dest"]).parent.is_dir():
-        raise UsageError(f"--output {text}: directory {str(Path(spec['dest']).parent)!r} does not exist")
+    dest = Path(spec["dest"])
+    if spec["dest"] == "-":
+        if sys.stdout.isatty():  # as `save` (docker's words): an archive never goes to a terminal
+            raise PybuildError(f"--output {text}: cowardly refusing to write a {kind} archive to a terminal. "
+                               "Use dest=FILE or redirect")
+    elif kind == "local":  # an existing directory is written into (files replaced, others left), as buildx
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(f"--output {text}: {spec['dest']!r} exists and is not a directory")
+        ancestor = next((p for p in dest.absolute().parents if p.exists()), None)
+        if ancestor is not None and not ancestor.is_dir():
+            raise UsageError(f"--output {text}: {str(ancestor)!r} is not a directory")
+    elif dest.is_dir():
+        raise UsageError(f"--output {text}: {spec['dest']!r} is a directory")
+    elif not dest.parent.is_dir():
+        raise UsageError(f"--output {text}: directory {str(dest.parent)!r} does not exist")
     return spec
+
+
+@contextlib.contextmanager
+def _archive_stdout(args):
+    """For a build whose --output streams to stdout (`-o -`, `dest=-`): check the spec first (a
+    terminal is refused before anything runs), then, for the whole build, point fd 1 at stderr so
+    the archive is all stdout carries (-q's image id, --cache-report json, anything a helper
+    prints go to stderr); `args.archive_stdout` is the real stdout's fd meanwhile, else None."""
+    args.archive_stdout = None
+    spec = _output_spec(args.output, args.tag) if args.output else None
+    if spec is None or spec.get("dest") != "-":
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    args.archive_stdout = saved
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()  # what was printed meanwhile goes to stderr, not after the archive
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _image_output_spec(text: str, spec: dict, tags: list[str]) -> dict:
@@ -873,6 +915,27 @@ def _write_output(store, manifest_digest: str, spec: dict) -> None:
                 store.images.tag(name, BlobInfo(manifest_digest, store.content.size(manifest_digest)))
         if spec["push"]:
             _push(store, manifest_digest, spec["names"])
+    elif dest == "-":  # type=tar|oci|docker to stdout: made whole in the store's tmp/, then copied
+        # out, so a failure (a corrupt blob) writes nothing to stdout
+        (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=store.root / "tmp", prefix="output-") as tmp:
+            archive = Path(tmp) / "archive.tar"
+            if kind == "tar":
+                with open(archive, "wb") as f:
+                    export_image(store, manifest_digest, f)
+            else:
+                save = save_oci_archive if kind == "oci" else save_docker_archive
+                with build_lease(store.root):
+                    save(store.content, [(spec["ref"], manifest_digest)], archive)
+            fd = spec.get("stdout")
+            if fd is None:
+                sys.stdout.flush()
+                fd = sys.stdout.fileno()
+            with open(archive, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
     elif kind == "oci":
         with build_lease(store.root):
             save_oci_archive(store.content, [(spec["ref"], manifest_digest)], Path(dest))
@@ -882,14 +945,16 @@ def _write_output(store, manifest_digest: str, spec: dict) -> None:
     elif kind == "tar":
         with atomic_write(dest) as f:
             export_image(store, manifest_digest, f)
-    elif kind == "local":
-        target = Path(dest)
-        if target.exists() and any(target.iterdir()):
-            raise PybuildError(f"--output type=local,dest={dest}: the directory is not empty")
+    elif kind == "local":  # into the directory as it is: files the image has replace those there
+        from pybuild.cache.layers import LayerError
+
         with tempfile.TemporaryFile(dir=store.root / "tmp") as flat:
             export_image(store, manifest_digest, flat)
             flat.seek(0)
-            unpack_tar_stream(flat, target)
+            try:
+                unpack_tar_stream(flat, Path(dest))
+            except (LayerError, OSError) as exc:
+                raise PybuildError(f"--output type=local,dest={dest}: {exc}") from None
 
 
 def _print_cache_report(args, reporter) -> None:
