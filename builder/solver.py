@@ -114,6 +114,9 @@ class BuildOptions:
     secrets: Mapping[str, mountsop.Secret] = field(default_factory=dict)  # --secret id -> bytes (never in keys)
     ssh: Mapping[str, str] = field(default_factory=dict)     # --ssh id -> agent socket path
     pull: str = "missing"                    # FROM images: "missing" pulls absent ones, "always", "never"
+    # --add-host: name -> address in every RUN's /etc/hosts (in RUN keys when given, as BuildKit's
+    # ExecOp carries them: a step may bake the address into its result)
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -739,6 +742,8 @@ class Solver:
                       "user": user, "cwd": cwd, "network": network}
         if privileged:
             definition["security"] = "insecure"
+        if self.opts.extra_hosts:
+            definition["extra_hosts"] = sorted(f"{name}:{addr}" for name, addr in self.opts.extra_hosts.items())
         if mount_keys:
             definition["mounts"] = mount_keys
         # Proxy settings reach the step without an ARG line but stay out of the key, as in BuildKit:
@@ -770,7 +775,7 @@ class Solver:
                     spec = ProcessSpec(args=args, env={**run_env, **step_mounts.env}, cwd=cwd, user=user,
                                        network=network, privileged=privileged, resources=self.opts.resources,
                                        hostname=_short_id(definition), mounts=run_mounts,
-                                       userns=self.opts.userns)
+                                       userns=self.opts.userns, extra_hosts=dict(self.opts.extra_hosts))
                     log_path = self.store.root / "logs" / f"{_short_id(definition)}.log"
                     status, tail = self._run_streaming(step, spec, RootfsSpec(lowers, upper, overlay_work),
                                                        stdin_data, location(ins), log_path)

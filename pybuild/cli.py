@@ -77,6 +77,16 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="network for RUN steps (default none)")
         add_userns_flag(b, "RUN steps")
         b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+        add_host_flag(b, "every RUN step (in RUN cache keys, as BuildKit)")
+        b.add_argument("--load", action="store_true",
+                       help="as buildx: the image goes to the local store (pybuild's default output; "
+                            "cannot be combined with an --output of another type)")
+        b.add_argument("--provenance", metavar="false", help="accepted only as false/0: pybuild makes no attestations")
+        b.add_argument("--sbom", metavar="false", help="accepted only as false/0: pybuild makes no attestations")
+        b.add_argument("--check", dest="call", action="store_const", const="check",
+                       help="only lint the Dockerfile, as pybuild check (buildx --call=check)")
+        b.add_argument("--call", choices=("build", "check"), default="build",
+                       help="build (default) or check: only lint the Dockerfile, as pybuild check")
         b.add_argument("--allow", action="append", default=[], choices=("security.insecure",),
                        help="grant an entitlement: security.insecure lets RUN --security=insecure run privileged")
         _add_resource_flags(b, "each RUN step")
@@ -177,6 +187,33 @@ def _add_resource_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--cpus", type=_positive_float, metavar="N", help=f"CPU limit for {what} (e.g. 1.5)")
     p.add_argument("--pids-limit", type=_positive_int, metavar="N",
                    help=f"process limit for {what} (pybuild's own init counts as 2)")
+
+
+HOST_GATEWAY = "host-gateway"
+
+
+def add_host_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--add-host", action="append", default=[], type=_extra_host, metavar="HOST:IP",
+                   help=f"add HOST with address IP to the /etc/hosts of {what} (HOST:IP or HOST=IP, repeatable; "
+                        f"IP may be {HOST_GATEWAY})")
+
+
+def _extra_host(text: str) -> tuple[str, str]:
+    """docker's --add-host value: ``HOST:IP`` (split at the first ``:``, so ``h:::1`` is IPv6) or
+    ``HOST=IP``; IP an address or ``host-gateway``."""
+    import ipaddress
+
+    sep = "=" if "=" in text else ":"
+    name, found, addr = text.partition(sep)
+    addr = addr.strip("[]")  # docker accepts [::1]
+    if not found or not name or any(c.isspace() or c in "#\0" for c in name):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: HOST:IP or HOST=IP")
+    if addr != HOST_GATEWAY:
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {addr!r} is not an IP address") from None
+    return name, addr
 
 
 MIN_MEMORY = 6 << 20  # the kernel cannot run a container in less
@@ -451,6 +488,9 @@ def _dockerfile_failure(args, exc, text: str, dockerfile_name: str) -> int:
 
 def _cmd_build(args) -> int:
     _check_platform(args.platform)
+    _buildx_compat_flags(args)
+    if args.call == "check":
+        return _build_check(args)
     labels = _labels(args.label)
     if args.context == "-" and args.file == "-":
         raise UsageError("-f - and a context of - cannot both read stdin")
@@ -534,6 +574,39 @@ def _dockerfile_in_context(context: Path, name: str | None, where: str, inside: 
             raise PybuildError(f"{where}: no Dockerfile {inside} ({hint})")
         raise PybuildError(f"{where}: -f {name}: no such file {inside}")
     return str(path)
+
+
+def _build_hosts(items: list[tuple[str, str]]) -> dict[str, str]:
+    for name, addr in items:
+        if addr == HOST_GATEWAY:  # docker's daemon maps it to its bridge's gateway: builds have none
+            raise UsageError(f"--add-host {name}:{addr}: RUN steps have no bridge network, so no gateway; "
+                             "give the address")
+    return dict(items)
+
+
+def _buildx_compat_flags(args) -> None:
+    """Flags buildx CI scripts pass that ask nothing of pybuild, checked so that none is silently
+    ignored: --provenance/--sbom only as false (no attestations are made: a request for one is
+    an error, as buildx's docker driver gives), --load only with the image output it means."""
+    for flag in ("provenance", "sbom"):
+        value = getattr(args, flag)
+        if value is not None and value.strip().lower() not in ("false", "0", "mode=disabled"):
+            raise UsageError(f"--{flag}={value}: pybuild makes no attestations (use --{flag}=false)")
+    if args.load and args.output:
+        kind = "local" if "=" not in args.output else next(
+            (p.partition("=")[2] for p in args.output.split(",") if p.partition("=")[0].strip() == "type"), "local")
+        if kind != "image":
+            raise UsageError(f"--load: conflicts with --output type={kind} (--load means type=image, the local store)")
+
+
+def _build_check(args) -> int:
+    """`build --check` / `--call=check`: lint only, exactly as `pybuild check` (no step runs)."""
+    from pybuild.commands import check
+
+    if args.context == "-" or _looks_like_url(args.context):
+        raise UsageError(f"--call=check: needs a directory context (got {args.context!r}); use pybuild check -f FILE")
+    return check.run(argparse.Namespace(context=args.context, file=args.file, build_arg=args.build_arg,
+                                        root=args.root), lambda: _store(args))
 
 
 def _default_dockerfile(context: Path) -> Path:
@@ -683,7 +756,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
                            userns=userns_idmap(args.userns),
                            allow=frozenset(args.allow), compression=args.compression,
                            jobs=args.jobs or _config_jobs(), labels=labels, **_cache_options(args, dockerfile),
-                           secrets=_secrets(args.secret), pull=args.pull,
+                           secrets=_secrets(args.secret), pull=args.pull, extra_hosts=_build_hosts(args.add_host),
                            keep_untagged=output is None or output["type"] == "image",
                            source_date_epoch=int(sde) if sde and sde.isdigit() else None)
     store = _store(args)

@@ -50,6 +50,7 @@ def describe_container(c: Container) -> dict:
             "AutoRemove": bool(cfg.get("AutoRemove")),
             "NetworkMode": cfg.get("Network", ""),
             "PortBindings": cfg.get("Ports") or [],
+            "ExtraHosts": cfg.get("ExtraHosts") or None,
             "ReadonlyRootfs": bool(cfg.get("ReadOnly")),
             "Memory": (cfg.get("Resources") or {}).get("Memory") or 0,
             "NanoCpus": int(((cfg.get("Resources") or {}).get("Cpus") or 0) * 1e9),

@@ -161,11 +161,22 @@ def release_network(root: Path, c: Container) -> None:
 HOSTS_FILE = "hosts"
 
 
+def extra_hosts(cfg: dict, gateway: str) -> dict[str, str]:
+    """The container's --add-host entries (``ExtraHosts``, docker's ``NAME:IP`` strings), with
+    ``host-gateway`` as ``gateway`` (the bridge's; 127.0.0.1 on the host network)."""
+    out = {}
+    for item in cfg.get("ExtraHosts") or []:
+        name, _, addr = item.partition(":")
+        out[name] = gateway if addr == "host-gateway" else addr
+    return out
+
+
 def _write_hosts(c: Container, ip: str, hosts: dict[str, str]) -> None:
     from pybuild.sandbox.runner import hosts_text
 
+    gateway = c.state().get("Gateway") or "127.0.0.1"  # recorded at connect, before the first write
     with open(c.dir / HOSTS_FILE, "w") as f:  # truncate + write: never a new inode
-        f.write(hosts_text(c.config["Hostname"], hosts, own_address=ip))
+        f.write(hosts_text(c.config["Hostname"], {**hosts, **extra_hosts(c.config, gateway)}, own_address=ip))
     os.chmod(c.dir / HOSTS_FILE, 0o644)
 
 
@@ -233,7 +244,8 @@ def _sandbox_specs(store, c: Container, lowerdirs: list[Path]):
     spec = ProcessSpec(args=list(cfg["Args"]), env=env, cwd=cfg.get("WorkingDir") or "/",
                        user=cfg.get("User") or None, hostname=cfg["Hostname"],
                        network=cfg["Network"] if cfg["Network"] in ("none", "host") else "none",
-                       resources=resources, mounts=mounts, tty=bool(cfg.get("Tty")), userns=userns)
+                       resources=resources, mounts=mounts, tty=bool(cfg.get("Tty")), userns=userns,
+                       extra_hosts=extra_hosts(cfg, "127.0.0.1"))  # (bridge: in its own hosts file)
     if cfg.get("ReadOnly"):
         rootfs = RootfsSpec(lowerdirs, None, None)
     else:
@@ -259,6 +271,7 @@ def execute(store, c: Container, lowerdirs: list[Path], *, stdin: int | None, st
                 raise PybuildError(f"bridge network: {e}") from None
             spec.network = str(endpoint.netns)
             spec.hosts_file = c.dir / HOSTS_FILE
+            c.set_state(Gateway=str(endpoint.gateway))  # for --add-host NAME:host-gateway
             _write_hosts(c, str(endpoint.ip), endpoint.hosts)
             # ... and this container joins the /etc/hosts of the others (theirs are rewritten)
             network.update_hosts(store.root, _hosts_writer(store.root))

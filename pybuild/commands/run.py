@@ -14,7 +14,7 @@ NAME = "run"
 
 
 def add_parser(sub) -> None:
-    from pybuild.cli import _add_resource_flags, add_userns_flag
+    from pybuild.cli import _add_resource_flags, add_host_flag, add_userns_flag
 
     r = sub.add_parser("run", help="run a command in a new container from an image",
                        description="Like docker run. Example: pybuild run --rm -it busybox:latest sh")
@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
                    help="network: bridge (default when available), none or host")
     r.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/PROTO]",
                    help="publish a container port on the host (bridge network)")
+    add_host_flag(r, "the container (host-gateway: the bridge's gateway, 127.0.0.1 with --network host)")
     _add_resource_flags(r, "the container")
     add_userns_flag(r, "the container")
     r.add_argument("--read-only", action="store_true", help="mount the container's root file system read-only")
@@ -185,6 +186,9 @@ def run(args, store_factory) -> int:
         raise RunOptionError("--network bridge: bridge networking is not available in this installation")
     if args.publish and network != "bridge":
         raise RunOptionError(f"-p needs the bridge network (--network {network} publishes nothing)")
+    for name, addr in args.add_host:
+        if addr == "host-gateway" and network == "none":
+            raise RunOptionError(f"--add-host {name}:{addr}: --network none has no way to the host")
     if args.stop_timeout is not None and args.stop_timeout < -1:
         raise RunOptionError(f"--stop-timeout {args.stop_timeout}: must be >= 0 (-1: wait forever)")
     if args.interactive and args.tty and not args.detach and not os.isatty(0):
@@ -225,6 +229,7 @@ def run(args, store_factory) -> int:
             "Args": argv, "Env": parse_env(list(c.get("Env") or []), env_items, dict(os.environ)),
             "WorkingDir": args.workdir or c.get("WorkingDir") or "/", "User": args.user or c.get("User") or "",
             "Network": network, "Ports": list(args.publish), "Mounts": mounts,
+            "ExtraHosts": [f"{name}:{addr}" for name, addr in args.add_host],
             "Resources": {"Memory": args.memory, "Cpus": args.cpus, "PidsLimit": args.pids_limit},
             "ReadOnly": args.read_only, "Tty": args.tty, "OpenStdin": args.interactive,
             "AutoRemove": args.rm, "Detach": args.detach, "StopSignal": stop_signal,
