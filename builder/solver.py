@@ -265,7 +265,7 @@ class Solver:
         self.store.snapshots.lowerdirs(img.layers)
         cfg = new_config(img.config)
         base_created = cfg.pop("created", None)
-        env = cfg["config"].setdefault("Env", [])
+        env = cfg["config"]["Env"] = list(cfg["config"].get("Env") or [])  # buildah writes "Env": null
         if not any(e.startswith("PATH=") for e in env):  # as BuildKit: "make sure that PATH is always set"
             env.append(f"PATH={DEFAULT_PATH}")
         shell = list(cfg["config"].get("Shell") or DEFAULT_SHELL)  # a base image's SHELL applies, as in BuildKit
