@@ -129,7 +129,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         i.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
                        help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE")
         i.add_argument("--format", metavar="TEMPLATE",
-                       help="Go template subset: {{.Repository}} {{.Tag}} {{.Digest}} {{.ID}} {{.CreatedSince}} "
+                       help="Go template over the fields {{.Repository}} {{.Tag}} {{.Digest}} {{.ID}} {{.CreatedSince}} "
                             "{{.CreatedAt}} {{.Size}}, {{json .}}; 'table ...' for columns")
 
     if wanted("import"):

@@ -47,8 +47,13 @@ def test_template_subset():
     assert Template("{{json .ID}}", fields).lines(rows[:1]) == ['"abc"']
     assert Template("table {{.Repository}}\\t{{.ID}}", fields).lines(rows) == [
         "REPOSITORY    IMAGE ID", "app           abc", "longer-name   d"]
-    with pytest.raises(UsageError, match="unsupported template action '\\{\\{if .ID\\}\\}'"):
-        Template("{{if .ID}}x{{end}}", fields)
+    # the whole Go template language, as docker's listings take it (the evaluator inspect -f uses)
+    assert Template("{{if eq .Tag \"1.0\"}}{{upper .Repository}}{{else}}-{{end}}", fields).lines(rows) == ["APP", "-"]
+    with pytest.raises(UsageError, match="no field 'Nope'"):
+        Template("{{if .Nope}}x{{end}}", fields)
+    assert Template("{{with .Tag}}{{.}}{{end}}", fields).lines(rows) == ["1.0", "x"]  # dot inside with: the tag
+    with pytest.raises(UsageError, match="template parsing error"):
+        Template("{{.ID", fields)
     with pytest.raises(UsageError, match="no field 'Nope'"):
         Template("{{.Nope}}", fields)
 

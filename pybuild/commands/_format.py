@@ -1,6 +1,8 @@
-"""Docker-shaped formatting shared by the commands: sizes, ages, tables, not-found messages."""
+"""Docker-shaped formatting shared by the commands: sizes, ages, tables, not-found messages, and
+the listings' `--format` (on the Go-template evaluator of :mod:`pybuild.commands._gotemplate`)."""
 
 from __future__ import annotations
+
 
 def human_size(n: float, precision: int = 3) -> str:
     """docker's units.HumanSizeWithPrecision: decimal units, `precision` significant digits."""
@@ -71,60 +73,30 @@ def not_found(text: str) -> str:
 
 
 class Template:
-    """docker's ``--format`` for listings: a Go template over one row's fields, the subset
-    scripts use: text with ``{{.Field}}``, ``{{json .}}`` and ``{{json .Field}}`` actions,
-    ``\\t``/``\\n`` escapes, and a leading ``table`` for aligned columns under a header (each
-    field's header as docker names it).  Other actions (if, range, printf, ...) are a UsageError
-    naming the flag, never silently printed as text.
+    """docker's ``--format`` for listings: a Go template (:class:`GoTemplate`, as ``inspect -f``)
+    over one row's fields, with ``\\t``/``\\n`` escapes and a leading ``table`` for aligned
+    columns under a header (each field's header as docker names it).  A field the listing does
+    not have is a UsageError before any output (docker's row is a struct: an unknown field fails
+    there too), as is a template error.
 
     ``fields`` maps the field names docker's formatter offers to their table headers."""
 
-    _ACTION = None
-
     def __init__(self, text: str, fields: dict[str, str], flag: str = "--format"):
-        import re
-
         from pybuild.errors import UsageError
 
-        if Template._ACTION is None:
-            Template._ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.S)
+        from ._gotemplate import GoTemplate, field_names
+
         self.is_table = text == "table" or text.startswith("table ")
         body = text[len("table"):] if self.is_table else text
         body = body.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
-        self._parts: list[tuple[str, str | None]] = []  # (literal, field / "." / "json:F" / None)
-        pos = 0
-        for m in Template._ACTION.finditer(body):
-            action = m.group(1)
-            if re.fullmatch(r"\.[A-Za-z]\w*", action):
-                key = action[1:]
-            elif re.fullmatch(r"json\s+\.([A-Za-z]\w*)?", action):
-                key = "json:" + action.split(".", 1)[1]
-            else:
-                raise UsageError(f"{flag} {text!r}: unsupported template action {m.group(0)!r} "
-                                 "(pybuild's --format knows {{.Field}}, {{json .}} and {{json .Field}})")
-            if key.removeprefix("json:") and key.removeprefix("json:") not in fields:
-                raise UsageError(f"{flag} {text!r}: no field {key.removeprefix('json:')!r} "
-                                 f"(fields: {', '.join(fields)})")
-            self._parts.append((body[pos:m.start()], key))
-            pos = m.end()
-        self._parts.append((body[pos:], None))
+        self._template = GoTemplate(body, flag, shown=text)
+        unknown = [f for f in field_names(self._template) if f not in fields]
+        if unknown:
+            raise UsageError(f"{flag} {text!r}: no field {unknown[0]!r} (fields: {', '.join(fields)})")
         self.fields = fields
 
     def render(self, row: dict) -> str:
-        import json
-
-        out = []
-        for literal, key in self._parts:
-            out.append(literal)
-            if key is None:
-                continue
-            if key == "json:":
-                out.append(json.dumps(row, separators=(",", ":"), ensure_ascii=False))
-            elif key.startswith("json:"):
-                out.append(json.dumps(row[key[5:]], ensure_ascii=False))
-            else:
-                out.append(str(row[key]))
-        return "".join(out)
+        return self._template.execute(row)
 
     def lines(self, rows: list[dict]) -> list[str]:
         """The output lines: one per row, or for ``table`` the header and the rows aligned on

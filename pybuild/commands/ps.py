@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
                    help="id=PREFIX, name=REGEX, status=created|running|exited, exited=CODE, ancestor=IMAGE "
                         "(status and exited look at stopped containers without -a, as docker)")
     p.add_argument("--format", metavar="TEMPLATE",
-                   help="Go template subset: {{.ID}} {{.Image}} {{.Command}} {{.CreatedAt}} {{.RunningFor}} "
+                   help="Go template over the fields {{.ID}} {{.Image}} {{.Command}} {{.CreatedAt}} {{.RunningFor}} "
                         "{{.Ports}} {{.State}} {{.Status}} {{.Names}} {{.Mounts}} {{.Networks}}, {{json .}}; "
                         "'table ...' for columns")
 
