@@ -130,7 +130,9 @@ class ImageStore:
     # -- public API --------------------------------------------------------------------
 
     def tag(self, ref: str | Reference, manifest: BlobInfo, *, created: str | None = None) -> None:
-        """Point ``ref`` (``name:tag``) at ``manifest``, replacing any previous entry for it.
+        """Point ``ref`` (``name:tag``) at ``manifest``, replacing any previous entry for it; the
+        image the name leaves is kept nameless (docker's dangling ``<none>`` image) unless
+        another entry still records it.
 
         Refuses (``ImageStoreError``) if the manifest, its config or any layer blob is missing.
         """
@@ -188,6 +190,14 @@ class ImageStore:
             else:  # the name moves here; a nameless entry of this manifest is not needed any more
                 manifests = [e for e in index["manifests"] if self._ref_name(e) != ref_name
                              and (self._ref_name(e) or e.get("digest") != manifest.digest)]
+                # the image the name leaves stays, nameless, when nothing else names it: docker's
+                # dangling <none> image (a rebuild's old image), which `image prune` removes
+                for old in index["manifests"]:
+                    if self._ref_name(old) == ref_name and old.get("digest") != manifest.digest and not any(
+                            e.get("digest") == old.get("digest") for e in manifests):
+                        dangling = dict(old, annotations={k: v for k, v in (old.get("annotations") or {}).items()
+                                                          if k not in (ANNOTATION_REF_NAME, ANNOTATION_CONTAINERD_NAME)})
+                        manifests.append(dangling)
             manifests.append(entry)
             index["manifests"] = manifests
             write_json_atomic(self.index_path, index)

@@ -23,18 +23,36 @@ def test_cached_rebuild_leaves_no_garbage(cli, tmp_path):
     assert r.code == 0 and r.stdout == "", r.stdout + r.stderr
 
 
-def test_no_cache_rebuild_garbage_is_explained_as_a_retagged_image(cli, tmp_path):
+def test_no_cache_rebuild_keeps_the_old_image_dangling(cli, tmp_path):
+    """The image a rebuild takes the tag from stays as docker's <none> image (it was garbage
+    before: its snapshots no longer named by any cache record), until `image prune`."""
+    ctx = _ctx(tmp_path)
+    old = cli("build", "-q", "-t", "g:1", str(ctx), check=True).stdout.strip()
+    new = cli("build", "-q", "--no-cache", "-t", "g:1", str(ctx), check=True).stdout.strip()
+    assert old != new
+    assert cli("fsck", check=True).stdout == ""
+    rows = cli("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", check=True).stdout.splitlines()
+    assert f"<none>:<none> {old[7:19]}" in rows and f"g:1 {new[7:19]}" in rows
+    assert f"deleted: {old}" in cli("image", "prune", "-f", check=True).stdout
+    assert cli("fsck", check=True).stdout == ""
+
+
+def test_garbage_left_by_a_busy_store_is_explained(cli, tmp_path):
+    from pybuild.cache import gc
+
     ctx = _ctx(tmp_path)
     cli("build", "-t", "g:1", str(ctx), check=True)
     cli("build", "--no-cache", "-t", "g:1", str(ctx), check=True)
+    with gc.build_lease(cli.root):  # a build running: image prune drops the image, not its data
+        res = cli("image", "prune", "-f", check=True)
+    assert "unreferenced blobs are left for the next rmi or prune" in res.stderr
     r = cli("fsck")
     assert r.code == 0, r.stdout + r.stderr  # garbage, not damage
     lines = r.stdout.splitlines()
     assert lines and all(re.fullmatch(r"snapshot sha256:[0-9a-f]{64}: .*", line) for line in lines)
     for line in lines:
         assert "not used by any image, container or cache record" in line
-        # the likely cause comes first: the old g:1 lost its tag; an interrupted build is the other
-        assert "left by an image that was re-tagged or removed" in line and "interrupted build" in line
+        assert "removed (rmi, image prune) while the store was busy" in line and "interrupted build" in line
         assert "prune removes it" in line
     cli("prune", "-f", check=True)
     assert cli("fsck", check=True).stdout == ""

@@ -28,7 +28,12 @@ def _build_twice(cli, tmp_path):
     (ctx / "app.txt").write_text("one\n")
     cli("build", "-t", "app:1", str(ctx), check=True)
     (ctx / "app.txt").write_text("two\n")
-    cli("build", "-t", "app:1", str(ctx), check=True)  # the first build's COPY and RUN layers: cache only
+    cli("build", "-t", "app:1", str(ctx), check=True)
+    # the first app:1 is dangling (<none>) now: drop its entry but not its data, so that its
+    # manifest and config are unreferenced and its COPY and RUN layers cache-only
+    dangling = cli("images", "-q", "-f", "dangling=true", check=True).stdout.split()
+    assert len(dangling) == 1
+    cli("rmi", "--no-prune", dangling[0], check=True)
 
 
 def test_du_matches_du_and_prune(cli, tmp_path):

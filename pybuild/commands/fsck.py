@@ -28,9 +28,10 @@ class Report:
     refs: set[str] = field(default_factory=set)              # diff_ids of intact images/records
     unreferenced: list[str] = field(default_factory=list)    # snapshot diff_ids
     stray_snapshots: list = field(default_factory=list)      # paths
-    # Garbage, not damage: the snapshot of an image that lost its tag (re-tagged by a rebuild
-    # whose cache records now name other layers, e.g. --no-cache; `rmi` when its sweep found the
-    # store busy) or one committed just before Ctrl-C stopped the build from recording it.  Reported, removed by --repair (and by prune), but fsck still exits 0.
+    # Garbage, not damage: the snapshot of an image removed by `rmi`/`image prune` whose sweep
+    # found the store busy, or one committed just before Ctrl-C stopped the build from recording
+    # it.  (An image a rebuild re-tags stays as a dangling <none> image, not garbage.)  Reported,
+    # removed by --repair (and by prune), but fsck still exits 0.
     garbage: list[str] = field(default_factory=list)
     index_ok: bool = True
 
@@ -171,8 +172,8 @@ def check_snapshots(store, rep: Report) -> None:
     for diff_id in store.snapshots.walk():
         if diff_id not in rep.refs:
             rep.garbage.append(f"snapshot {diff_id}: not used by any image, container or cache record "
-                               "(garbage: left by an image that was re-tagged or removed, e.g. by a "
-                               "--no-cache rebuild, or by an interrupted build; prune removes it)")
+                               "(garbage: left by an image removed (rmi, image prune) while the store "
+                               "was busy, or by an interrupted build; prune removes it)")
             rep.unreferenced.append(diff_id)
     for path in store.snapshots.stray_entries():
         rep.problems.append(f"snapshots: {path}: not a snapshot")
