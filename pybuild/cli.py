@@ -1097,6 +1097,7 @@ def cmd_images(args) -> int:
 
     bounds = [(key, created_of(v, key)) for key in ("before", "since") for v in filters.get(key, [])]
     rows = []
+    newest: list[float] = []  # each row's created time, for the order
     # tagged images, then the nameless ones (a build without -t: docker's <none> <none>)
     listed = [(ref.name, ref.tag or "<none>", digest) for ref, digest in store.images.list()]
     listed += [("<none>", "<none>", digest) for digest in store.images.untagged()]
@@ -1128,6 +1129,9 @@ def cmd_images(args) -> int:
                      "ID": img.id if args.no_trunc else img.id.split(":", 1)[1][:12],
                      "CreatedSince": ago(created), "CreatedAt": created_at,
                      "Size": human_size(sum(layer.size for layer in img.layers))})
+        newest.append(at.timestamp() if at else 0.0)
+    # newest first, as docker lists them (equal times: in index order)
+    rows = [r for _, r in sorted(zip(newest, rows), key=lambda pair: -pair[0])]
     if args.quiet:
         for r in rows:
             print(r["ID"])

@@ -131,7 +131,7 @@ def test_untagged_build_is_a_none_image_usable_by_its_id(cli, tmp_path):
     assert image_id.startswith("sha256:")
     short = image_id[7:19]
     rows = [ln.split() for ln in cli("images", check=True).stdout.splitlines()]
-    assert ["<none>", "<none>", short] == rows[-1][:3]
+    assert ["<none>", "<none>", short] == rows[1][:3]  # newest first, under the header
     for ref in (image_id, short):
         assert cli("run", "--rm", "--network", "none", ref, "cat", "/u", check=True).stdout == "untagged-only\n"
     assert cli("inspect", short, check=True).stdout.count(image_id) >= 1

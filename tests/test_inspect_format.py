@@ -251,6 +251,11 @@ def test_inspect_format_container(cli):
         res = cli("inspect", "--type", "image", "-f", "{{.Id}}", "c")
         assert res.code == 1 and "No such image: c" in res.stderr
         res = cli("inspect", "-f", "{{if eq .State.Status \"exited\"}}done{{end}}", "c", "busybox:latest")
-        assert res.code == 0 and res.stdout == "done\n\n"  # an image has no State: <no value> is not "exited"
+        # an image has no State: as docker (missingkey=error), that object fails, the others print
+        assert res.code == 1 and res.stdout == "done\n", res.output
+        assert 'busybox:latest: template: :1:14: executing "" at <.State.Status>: map has no entry for key "State"' \
+            in res.stderr
+        res = cli("inspect", "-f", "{{.Nope}}", "c")  # a typo in a CI script's template must not pass
+        assert res.code == 1 and 'map has no entry for key "Nope"' in res.stderr and res.stdout.strip() == ""
     finally:
         cli("rm", "-f", "c", "c3")

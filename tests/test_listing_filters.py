@@ -77,6 +77,7 @@ def test_images_reference_filter_and_format(cli, tmp_path):
     assert names("-f", "before=busybox:latest") == []
     assert cli("images", "-q", "--no-trunc", "-f", "dangling=true", check=True).stdout == dangling + "\n"
     row = json.loads(cli("images", "app", "--format", "{{json .}}", check=True).stdout)
+    assert json.loads(cli("images", "app", "--format", "json", check=True).stdout) == row  # docker 23+
     assert row["Repository"] == "app" and row["Digest"].startswith("sha256:") and len(row["ID"]) == 12
     table = cli("images", "--format", "table {{.Repository}}\\t{{.Size}}", check=True).stdout.splitlines()
     assert table[0].split() == ["REPOSITORY", "SIZE"] and len(table) == 4
@@ -99,6 +100,10 @@ def test_ps_filters_and_format(cli):
         assert ps("-f", "exited=3") == ["three"] and ps("-f", "exited=0") == ["ok"]
         assert ps("-a", "-f", "name=^o") == ["ok"] and ps("-a", "-f", "name=e") == ["three"]
         assert ps("-a", "-f", "ancestor=busybox:latest", "-f", "status=running") == ["up"]
+        by_id = cli("images", "-q", "--no-trunc", "busybox:latest", check=True).stdout.strip()
+        cli("run", "--name", "byid", "--network", "none", by_id, "true", check=True)  # shown short, as docker
+        assert cli("ps", "-a", "-f", "name=byid", "--format", "{{.Image}}", check=True).stdout == by_id[7:19] + "\n"
+        cli("rm", "byid", check=True)
         full = cli("ps", "-q", "--no-trunc", check=True).stdout.split()
         assert len(full) == 1 and len(full[0]) == 64 and ps("-f", f"id={full[0][:5]}") == ["up"]
         row = json.loads(cli("ps", "--format", "{{json .}}", check=True).stdout)

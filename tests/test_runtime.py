@@ -522,6 +522,7 @@ def test_logs_tail_counts_lines(rt, tmp_path):
     assert rt("logs", "-n", "0", "many", check=True).stdout == ""
     res = rt("logs", "-n", "all", "many", check=True)
     assert (res.stdout, res.stderr) == ("l1\nl2\nl3\nbar 10%\nbar 100%\npartial", "e1\n")
+    assert rt("logs", "-n", "-1", "many", check=True).stdout == res.stdout  # docker: negative is all
     res = rt("logs", "-n", "x", "many")
     assert res.code == 2 and "a number of lines or all" in res.stderr
     log = rt.root / "containers" / _container_dirs(rt.root)[0] / "container.log"

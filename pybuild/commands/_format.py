@@ -86,6 +86,8 @@ class Template:
 
         from ._gotemplate import GoTemplate, field_names
 
+        if text == "json":  # docker 23+: one JSON object per row
+            text = "{{json .}}"
         self.is_table = text == "table" or text.startswith("table ")
         body = text[len("table"):] if self.is_table else text
         body = body.strip(" ").replace("\\t", "\t").replace("\\n", "\n")

@@ -1222,6 +1222,8 @@ class _Exec:
         if isinstance(receiver, dict):
             if has_args:
                 self.error(f"{name} is not a method but has arguments")
+            if self.t.missing_key_error and name not in receiver:  # Go's Option("missingkey=error")
+                self.error(f'map has no entry for key "{name}"')
             return receiver.get(name, MISSING)
         static = "interface {}" if type(receiver) in (str, int, float, bool, list) else _go_type(receiver)
         self.error(f"can't evaluate field {name} in type {static}")
@@ -1318,12 +1320,16 @@ class _Exec:
 class GoTemplate:
     """A parsed Go template.  ``GoTemplate(text, flag)`` raises UsageError (naming ``flag``) for a
     syntax error or anything this implementation does not support, so before any output;
-    ``execute(data)`` renders one object, raising TemplateExecError as Go's Execute fails."""
+    ``execute(data)`` renders one object, raising TemplateExecError as Go's Execute fails.
+    ``missing_key_error`` is Go's ``missingkey=error`` option: a map key that is not there fails
+    the execution instead of printing ``<no value>`` (docker's inspect runs its templates so)."""
 
-    def __init__(self, text: str, flag: str = "--format", shown: str | None = None):
+    def __init__(self, text: str, flag: str = "--format", shown: str | None = None, *,
+                 missing_key_error: bool = False):
         from pybuild.errors import UsageError
 
         self.text = text
+        self.missing_key_error = missing_key_error
         try:
             self.root = _Parser(text, _FUNCS).parse()
         except _ParseError as exc:

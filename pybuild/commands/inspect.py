@@ -125,7 +125,7 @@ def run(args, store_factory) -> int:
     from pybuild.oci.store import ImageNotFound
 
     fmt = args.format
-    template = GoTemplate(fmt, "--format") if fmt and fmt != "json" else None  # a bad one: UsageError, no output
+    template = GoTemplate(fmt, "--format", missing_key_error=True) if fmt and fmt != "json" else None  # a bad one: UsageError, no output
     store = store_factory()
     out, lines, errors = [], [], []  # errors in the order of the names, as docker's
     for name in args.images:

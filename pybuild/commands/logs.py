@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 def _tail_count(text: str) -> int | None:
     import argparse
 
-    if text == "all":
+    if text == "all" or (text.startswith("-") and text[1:].isdigit()):  # docker: a negative count is all
         return None
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: a number of lines or all")

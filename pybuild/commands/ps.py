@@ -111,7 +111,10 @@ def run(args, store_factory) -> int:
         except ValueError:
             created_at = c.config.get("Created", "")
         mounts = [m.get("Name") or m.get("Source") or m.get("Destination", "") for m in c.config.get("Mounts") or []]
-        rows.append({"ID": c.id if args.no_trunc else c.id[:12], "Image": c.config.get("Image", ""),
+        image = c.config.get("Image", "")
+        if image.startswith("sha256:") and not args.no_trunc:  # run by image id: docker shows it short
+            image = image[7:19]
+        rows.append({"ID": c.id if args.no_trunc else c.id[:12], "Image": image,
                      "Command": command_text(c.config.get("Args") or [], not args.no_trunc),
                      "CreatedAt": created_at, "RunningFor": ago(c.config.get("Created")),
                      "Ports": ports_text(published_ports(st)), "State": st.get("Status", "created"),
