@@ -81,8 +81,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         b.add_argument("--load", action="store_true",
                        help="as buildx: the image goes to the local store (pybuild's default output; "
                             "cannot be combined with an --output of another type)")
-        b.add_argument("--provenance", metavar="false", help="accepted only as false/0: pybuild makes no attestations")
-        b.add_argument("--sbom", metavar="false", help="accepted only as false/0: pybuild makes no attestations")
+        b.add_argument("--provenance", nargs="?", const="true", metavar="false", help="accepted only as false/0: pybuild makes no attestations")
+        b.add_argument("--sbom", nargs="?", const="true", metavar="false", help="accepted only as false/0: pybuild makes no attestations")
         b.add_argument("--check", dest="call", action="store_const", const="check",
                        help="only lint the Dockerfile, as pybuild check (buildx --call=check)")
         b.add_argument("--call", choices=("build", "check"), default="build",
@@ -749,7 +749,10 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
     sde = _build_args(args.build_arg).get("SOURCE_DATE_EPOCH", os.environ.get("SOURCE_DATE_EPOCH"))
     if sde is not None and sde != "" and not sde.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH={sde!r}: expected a whole number of seconds since 1970")
-    options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=args.tag, ignore=ignore,
+    # as buildx, an archive or directory --output replaces the local store: -t then only names
+    # the image inside an oci/docker archive, nothing is tagged here
+    local_tags = args.tag if output is None or output["type"] in ("image", "registry") else []
+    options = BuildOptions(context=context.resolve(), dockerfile=dockerfile, tags=local_tags, ignore=ignore,
                            ignore_file=ignore_file, remember_context_digests=tar_context is None,
                            build_args=_build_args(args.build_arg), target=args.target,
                            no_cache=args.no_cache, network=args.network, resources=_resources(args),
@@ -804,7 +807,7 @@ def _build(args, labels: dict[str, str], stdin_dockerfile: bytes | None, tar_con
     if args.quiet:  # stdout carries the archive of `-o -`: the id goes to stderr then, as buildx's
         print(image_id, file=sys.stderr if output is not None and output.get("dest") == "-" else sys.stdout)
     else:
-        reporter.build_written(image_id, record.manifest.digest, args.tag)
+        reporter.build_written(image_id, record.manifest.digest, local_tags)
     # as BuildKit, the Dockerfile's lint warnings close the output (read again now that the base
     # images are in the store: UndefinedVar knows their ENV)
     _, warnings = _lint(dockerfile, options.build_args, store)

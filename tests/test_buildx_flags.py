@@ -63,3 +63,26 @@ def test_check_and_call_check_lint_only(cli, tmp_path):
     assert "<none>" not in cli("images", check=True).stdout
     res = cli("build", "--call", "outline", str(tmp_path))
     assert res.code == 2 and "invalid choice: 'outline'" in res.stderr
+
+
+def test_archive_output_names_the_archive_not_the_local_store(cli, tmp_path):
+    """buildx: an --output of another type replaces the local store, so -t only names the image
+    in the archive (was: also tagged here, and overwrote a local busybox:latest)."""
+    import tarfile
+
+    (tmp_path / "Dockerfile").write_text("FROM busybox:latest\nRUN echo a > /a\n")
+    before = cli("images", "-q", "--no-trunc", "busybox:latest", check=True).stdout
+    res = cli("build", "--progress=plain", "-t", "busybox:latest", "-o", f"type=oci,dest={tmp_path / 'a.tar'}",
+              str(tmp_path), check=True)
+    assert "naming to" not in res.stderr
+    assert cli("images", "-q", "--no-trunc", "busybox:latest", check=True).stdout == before
+    assert "<none>" not in cli("images", check=True).stdout
+    with tarfile.open(tmp_path / "a.tar") as tf:
+        index = json.load(tf.extractfile("index.json"))
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "busybox:latest"
+
+
+def test_bare_provenance_asks_for_one(cli, tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM busybox:latest\n")
+    res = cli("build", str(tmp_path), "--provenance")
+    assert res.code == 2 and "--provenance=true: pybuild makes no attestations" in res.stderr
