@@ -21,7 +21,6 @@ the same URL and ref is fully cached.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pybuild.errors import PybuildError, UsageError
+from pybuild.fdio import write_all
 
 from .fetch import redact
 
@@ -257,32 +257,17 @@ class _ContextExtractor:
 
     def _open_dir(self, parts: tuple[str, ...], what: str, *, create: bool) -> int:
         """A new fd of the directory root/parts, created as needed with ``create``."""
-        fd = os.dup(self.root_fd)
+        from pybuild.cache.layers import PathComponentError, open_dir_beneath
+
         try:
-            for i, c in enumerate(parts):
-                try:
-                    nfd = os.open(c, _O_DIR_NOFOLLOW, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise NotUsableTar(f"{what}: {'/'.join(parts[:i + 1])!r} does not exist") from None
-                    os.mkdir(c, 0o755, dir_fd=fd)
-                    nfd = os.open(c, _O_DIR_NOFOLLOW, dir_fd=fd)
-                    os.fchmod(nfd, 0o755)  # whatever the umask
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    st = os.stat(c, dir_fd=fd, follow_symlinks=False)
-                    sub = "/".join(parts[:i + 1])
-                    if stat.S_ISLNK(st.st_mode):
-                        raise NotUsableTar(f"{what} goes through the symlink {sub!r}, which a build context "
-                                           "tar may not write through") from None
-                    raise NotUsableTar(f"{what}: {sub!r} is not a directory") from None
-                os.close(fd)
-                fd = nfd
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+            return open_dir_beneath(self.root_fd, parts, create=create, flags=_O_DIR_NOFOLLOW)
+        except PathComponentError as e:
+            if e.kind == "missing":
+                raise NotUsableTar(f"{what}: {e.path!r} does not exist") from None
+            if e.kind == "symlink":
+                raise NotUsableTar(f"{what} goes through the symlink {e.path!r}, which a build context "
+                                   "tar may not write through") from None
+            raise NotUsableTar(f"{what}: {e.path!r} is not a directory") from None
 
     def _chown(self, m: tarfile.TarInfo, base: str, pfd: int) -> None:
         if self.is_root:  # as tarfile did (numeric ids here: no look-up of the host's names)
@@ -341,7 +326,7 @@ class _ContextExtractor:
                     src = tar.extractfile(m)
                     if src is not None:
                         while chunk := src.read(1 << 20):
-                            _write_all(fd, chunk)
+                            write_all(fd, chunk)
                     if self.is_root:
                         os.fchown(fd, m.uid, m.gid)
                     os.fchmod(fd, m.mode & 0o7777)  # after the chown, which clears set-user-ID
@@ -369,12 +354,6 @@ class _ContextExtractor:
 
     def close(self) -> None:
         os.close(self.root_fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _is_tar(path: Path) -> bool:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pybuild.fdio import write_all
+
 from .content import BlobWriter, ContentStore
 
 
@@ -57,6 +59,8 @@ __all__ = [
     "ZSTD_MAGIC",
     "LayerBlob",
     "LayerError",
+    "PathComponentError",
+    "open_dir_beneath",
     "write_layer",
     "unpack_layer",
     "unpack_tar_stream",
@@ -895,18 +899,12 @@ def _write_entry_data(fd: int, src, size: int, name: str) -> None:
                 if data[off] == 0 and data[end - 1] == 0 and data[off:end] == _ZERO_GRAIN[:end - off]:
                     os.lseek(fd, end - off, os.SEEK_CUR)
                 else:
-                    _write_all(fd, view[off:end])
+                    write_all(fd, view[off:end])
                 off = end
         else:
-            _write_all(fd, view)
+            write_all(fd, view)
     if sparse:
         os.ftruncate(fd, size)  # trailing holes
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def _mtime_ns(m: tarfile.TarInfo) -> int:
@@ -918,6 +916,48 @@ def _mtime_ns(m: tarfile.TarInfo) -> int:
 
 _O_PATH_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _O_READ_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class PathComponentError(Exception):
+    """``open_dir_beneath`` could not go on: component ``path`` (the components up to it, joined
+    with ``/``) is ``missing``, a ``symlink`` or ``notdir`` (not a directory). Callers word it."""
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(f"{path}: {kind}")
+        self.path, self.kind = path, kind
+
+
+def open_dir_beneath(base_fd: int, comps: tuple[str, ...], *, create: bool, start: int = 0,
+                     flags: int = _O_PATH_DIR) -> int:
+    """A new fd (opened with ``flags``, which must hold O_NOFOLLOW | O_DIRECTORY) of the directory
+    ``comps[start:]`` below ``base_fd`` (which is ``comps[:start]``), never following a symlink on
+    the host: each component is opened from its parent's fd. With ``create``, missing ones are
+    made, mode 0755 whatever the umask. The one walk both tar extractors (layers here, build
+    context tars in builder.url_context) go through; PathComponentError says where it stopped."""
+    fd = os.dup(base_fd)
+    try:
+        for i in range(start, len(comps)):
+            c = comps[i]
+            try:
+                nfd = os.open(c, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise PathComponentError("/".join(comps[:i + 1]), "missing") from None
+                os.mkdir(c, 0o755, dir_fd=fd)
+                nfd = os.open(c, flags, dir_fd=fd)
+                os.chmod(f"/proc/self/fd/{nfd}", 0o755)  # undo umask (works for O_PATH fds too)
+            except OSError as e:
+                if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                st = os.stat(c, dir_fd=fd, follow_symlinks=False)
+                raise PathComponentError("/".join(comps[:i + 1]),
+                                         "symlink" if stat.S_ISLNK(st.st_mode) else "notdir") from None
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class _Unpacker:
@@ -933,32 +973,14 @@ class _Unpacker:
               start: int = 0, start_fd: int | None = None) -> int:
         """Return a new O_PATH fd for dest/comps (walking comps[start:] from
         start_fd, which is dest/comps[:start]), never following symlinks."""
-        fd = os.dup(self.root_fd if start_fd is None else start_fd)
         try:
-            for i in range(start, len(comps)):
-                c = comps[i]
-                try:
-                    nfd = os.open(c, _O_PATH_DIR, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise LayerError(f"entry {entry!r}: {'/'.join(comps[:i + 1])} does not exist") from None
-                    os.mkdir(c, 0o755, dir_fd=fd)
-                    nfd = os.open(c, _O_PATH_DIR, dir_fd=fd)
-                    os.chmod(f"/proc/self/fd/{nfd}", 0o755)  # undo umask
-                except OSError as e:
-                    if e.errno not in (errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    st = os.stat(c, dir_fd=fd, follow_symlinks=False)
-                    what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
-                    raise LayerError(
-                        f"entry {entry!r}: parent {'/'.join(comps[:i + 1])!r} is {what}"
-                    ) from None
-                os.close(fd)
-                fd = nfd
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+            return open_dir_beneath(self.root_fd if start_fd is None else start_fd, comps,
+                                    create=create, start=start)
+        except PathComponentError as e:
+            if e.kind == "missing":
+                raise LayerError(f"entry {entry!r}: {e.path} does not exist") from None
+            what = "a symlink" if e.kind == "symlink" else "not a directory"
+            raise LayerError(f"entry {entry!r}: parent {e.path!r} is {what}") from None
 
     def _parent(self, parts: tuple[str, ...], entry: str) -> int:
         """O_PATH fd of the parent dir of parts (owned by the cache), created

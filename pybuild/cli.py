@@ -1007,11 +1007,11 @@ def _write_output(store, manifest_digest: str, spec: dict) -> None:
             if fd is None:
                 sys.stdout.flush()
                 fd = sys.stdout.fileno()
+            from pybuild.fdio import write_all
+
             with open(archive, "rb") as src:
                 while chunk := src.read(1 << 20):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, chunk)
     elif kind == "oci":
         with build_lease(store.root):
             save_oci_archive(store.content, [(spec["ref"], manifest_digest)], Path(dest))

@@ -15,6 +15,8 @@ import selectors
 import threading
 from pathlib import Path
 
+from pybuild.fdio import write_all
+
 __all__ = ["LogWriter", "pump"]
 
 
@@ -65,12 +67,7 @@ def pump(streams: dict[int, str], log: LogWriter, passthrough: dict[str, int] | 
             log.write(key.data, data)
             if passthrough is not None and key.data not in dead:
                 try:
-                    _write_all(passthrough[key.data], data)
+                    write_all(passthrough[key.data], data)
                 except OSError:  # e.g. `pybuild run ... | head`: keep logging, stop copying
                     dead.add(key.data)
     sel.close()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]

@@ -22,6 +22,8 @@ import threading
 import tty as _tty
 from typing import Callable
 
+from pybuild.fdio import write_all
+
 __all__ = ["Pty", "PtyError"]
 
 _TIOCGPTN = 0x80045430     # _IOR('T', 0x30, unsigned int): the slave's number
@@ -127,7 +129,7 @@ class Pty:
                     except OSError:
                         pass
                     continue
-                _write_all(self.master, data)
+                write_all(self.master, data)
             if self._stop_r in ready:
                 return
 
@@ -156,9 +158,3 @@ class Pty:
             except OSError:
                 pass
         self.master = self._stop_r = self._stop_w = -1
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
