@@ -593,8 +593,7 @@ def _buildx_compat_flags(args) -> None:
         if value is not None and value.strip().lower() not in ("false", "0", "mode=disabled"):
             raise UsageError(f"--{flag}={value}: pybuild makes no attestations (use --{flag}=false)")
     if args.load and args.output:
-        kind = "local" if "=" not in args.output else next(
-            (p.partition("=")[2] for p in args.output.split(",") if p.partition("=")[0].strip() == "type"), "local")
+        kind = _output_spec(args.output, args.tag)["type"]
         if kind != "image":
             raise UsageError(f"--load: conflicts with --output type={kind} (--load means type=image, the local store)")
 
@@ -1074,7 +1073,7 @@ def cmd_images(args) -> int:
     from datetime import datetime
 
     from pybuild.commands._filters import bool_filter, label_match, parse_filters, reference_match
-    from pybuild.commands._format import Template, ago, human_size, table
+    from pybuild.commands._format import Template, ago, created_at, human_size, parse_time, table
     from pybuild.oci.image import load_image
 
     filters = parse_filters(args.filter, ("dangling", "reference", "label", "before", "since"), "images")
@@ -1084,17 +1083,11 @@ def cmd_images(args) -> int:
     dangling = bool_filter(filters, "dangling")
     store = _store(args)
 
-    def when(created: str | None) -> datetime | None:
-        try:
-            return datetime.fromisoformat((created or "").replace("Z", "+00:00"))
-        except ValueError:
-            return None
-
     def created_of(text: str, key: str) -> datetime | None:
         from pybuild.oci.store import ImageNotFound
 
         try:
-            return when(load_image(store.content, store.images.resolve(text)).config.get("created"))
+            return parse_time(load_image(store.content, store.images.resolve(text)).config.get("created"))
         except ImageNotFound:
             raise UsageError(f"--filter {key}={text}: No such image: {text}") from None
 
@@ -1121,16 +1114,15 @@ def cmd_images(args) -> int:
             print(f"WARNING: image {name} not listed: {message}", file=sys.stderr)
             continue
         created = img.config.get("created") or ""
-        at = when(created)
+        at = parse_time(created)
         if "label" in filters and not label_match(filters["label"], (img.config.get("config") or {}).get("Labels")):
             continue
         if bounds and (at is None or any(bound is None or (at >= bound if key == "before" else at <= bound)
                                          for key, bound in bounds)):
             continue
-        created_at = at.strftime("%Y-%m-%d %H:%M:%S %z %Z") if at else created
         rows.append({"Repository": repository, "Tag": tag, "Digest": manifest_digest,
                      "ID": img.id if args.no_trunc else img.id.split(":", 1)[1][:12],
-                     "CreatedSince": ago(created), "CreatedAt": created_at,
+                     "CreatedSince": ago(created), "CreatedAt": created_at(created),
                      "Size": human_size(sum(layer.size for layer in img.layers))})
         newest.append(at.timestamp() if at else 0.0)
     # newest first, as docker lists them (equal times: in index order)

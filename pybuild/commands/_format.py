@@ -15,18 +15,34 @@ def human_size(n: float, precision: int = 3) -> str:
     return f"{n:.{precision}g}{units[i]}"
 
 
+def parse_time(text: str | None):
+    """An RFC 3339 time (``Z`` or an offset; UTC when it names no zone) as an aware datetime,
+    None when ``text`` is not one."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat((text or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def created_at(text: str | None) -> str:
+    """docker's CreatedAt field: ``2024-01-15 10:20:30 +0000 UTC``; ``text`` as it is when it is
+    not a time."""
+    when = parse_time(text)
+    return when.strftime("%Y-%m-%d %H:%M:%S %z %Z") if when else (text or "")
+
+
 def ago(created: str | None) -> str:
     """docker's "2 weeks ago" (units.HumanDuration + " ago")."""
     from datetime import datetime, timezone
 
     if not created:
         return "N/A"
-    try:
-        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
+    when = parse_time(created)
+    if when is None:
         return created
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
     s = (datetime.now(timezone.utc) - when).total_seconds()
     if s < 1:
         return "Less than a second ago"

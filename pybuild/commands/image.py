@@ -28,30 +28,17 @@ def add_parser(sub) -> None:
 
 def _image_ids(store, digests) -> dict[str, str]:
     """manifest digest -> image id (config digest; the manifest digest itself when unreadable)."""
-    from pybuild.oci.image import load_manifest
+    from .rmi import _image_id
 
-    ids = {}
-    for d in digests:
-        try:
-            ids[d] = load_manifest(store.content, d)["config"]["digest"]
-        except Exception:
-            ids[d] = d
-    return ids
+    return {d: _image_id(store, d) or d for d in digests}
 
 
 def _images_in_use(store, ids: dict[str, str]) -> set[str]:
     """Image ids containers were made from (their ``ImageManifest``), whatever their state."""
-    import json
+    from .rmi import _container_manifests
 
-    used = set()
-    for cfg in (store.root / "containers").glob("*/config.json"):
-        try:
-            manifest = json.loads(cfg.read_bytes()).get("ImageManifest")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(manifest, str):
-            used.add(ids.get(manifest) or _image_ids(store, [manifest])[manifest])
-    return used
+    manifests = set(_container_manifests(store).values())
+    return {ids.get(m) or _image_ids(store, [m])[m] for m in manifests}
 
 
 def prune_images(store, all_images: bool) -> list[str]:

@@ -86,10 +86,8 @@ def _matcher(filters: dict[str, list[str]], store):
 
 
 def run(args, store_factory) -> int:
-    from datetime import datetime
-
     from pybuild.commands._filters import parse_filters
-    from pybuild.commands._format import Template, ago, table
+    from pybuild.commands._format import Template, ago, created_at, table
     from pybuild.commands.run import open_runtime
     from pybuild.runtime.inspect import published_ports
 
@@ -105,18 +103,13 @@ def run(args, store_factory) -> int:
             continue
         if not match(c, st):
             continue
-        try:
-            created_at = datetime.fromisoformat(c.config.get("Created", "").replace("Z", "+00:00")) \
-                .strftime("%Y-%m-%d %H:%M:%S %z %Z")
-        except ValueError:
-            created_at = c.config.get("Created", "")
         mounts = [m.get("Name") or m.get("Source") or m.get("Destination", "") for m in c.config.get("Mounts") or []]
         image = c.config.get("Image", "")
         if image.startswith("sha256:") and not args.no_trunc:  # run by image id: docker shows it short
             image = image[7:19]
         rows.append({"ID": c.id if args.no_trunc else c.id[:12], "Image": image,
                      "Command": command_text(c.config.get("Args") or [], not args.no_trunc),
-                     "CreatedAt": created_at, "RunningFor": ago(c.config.get("Created")),
+                     "CreatedAt": created_at(c.config.get("Created")), "RunningFor": ago(c.config.get("Created")),
                      "Ports": ports_text(published_ports(st)), "State": st.get("Status", "created"),
                      "Status": status_text(st), "Names": c.name, "Mounts": ",".join(mounts),
                      "Networks": c.config.get("Network", "")})

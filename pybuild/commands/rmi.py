@@ -46,19 +46,26 @@ def _ref_name(e: dict) -> str | None:
     return (e.get("annotations") or {}).get("org.opencontainers.image.ref.name")
 
 
-def _containers_using(store, manifest_digest: str, image_id: str | None) -> list[str]:
-    """Ids of container records (running or stopped) made from this image, as docker checks."""
+def _container_manifests(store) -> dict[str, str]:
+    """Container id -> the manifest digest it was made from, for every container record
+    (running or stopped); unreadable records are skipped.  Shared with `image prune`."""
     import json
 
-    users = []
+    out = {}
     for cfg in sorted((store.root / "containers").glob("*/config.json")):
         try:
             used = json.loads(cfg.read_bytes()).get("ImageManifest")
         except (OSError, ValueError, AttributeError):
             continue
-        if used == manifest_digest or (image_id is not None and used and _image_id(store, used) == image_id):
-            users.append(cfg.parent.name)
-    return users
+        if isinstance(used, str) and used:
+            out[cfg.parent.name] = used
+    return out
+
+
+def _containers_using(store, manifest_digest: str, image_id: str | None) -> list[str]:
+    """Ids of container records (running or stopped) made from this image, as docker checks."""
+    return [cid for cid, used in _container_manifests(store).items()
+            if used == manifest_digest or (image_id is not None and _image_id(store, used) == image_id)]
 
 
 def _check_not_in_use(store, name: str, manifest_digest: str, image_id: str | None, force: bool,
